@@ -1,0 +1,129 @@
+"""The one attention implementation, its position schemes, and space/time adapters.
+
+`Attention` is multi-head attention with QK-normalisation (RMSNorm of queries
+and keys per head) and scaled-dot-product kernels. Where positions come from is
+a swappable module with one signature, ``position(q, k) -> (q, k, bias)``:
+
+- `SpatialBias`: a continuous relative position bias over an (h, w) token grid
+  (log-spaced offsets -> small MLP -> one bias per head), as in Swin-V2. Tokens
+  appended after the grid (the FDM's z token) get zero bias.
+- `Rotary`: 1-D rotary embeddings over time; used with `causal=True`.
+
+`SpaceAttention` and `TimeAttention` are thin einops adapters that fold a
+(B, T, N, D) token tensor into attention over the N tokens of each frame or over
+the T frames of each token position.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+class SpatialBias(nn.Module):
+    """Continuous relative position bias for an (h, w) grid plus `extra` trailing tokens."""
+
+    def __init__(self, grid: tuple[int, int], heads: int, hidden: int, extra: int = 0):
+        super().__init__()
+        h, w = grid
+        self.extra = extra
+        dy, dx = torch.meshgrid(torch.arange(1 - h, h), torch.arange(1 - w, w), indexing="ij")
+        offsets = torch.stack([dy / max(h - 1, 1), dx / max(w - 1, 1)], dim=-1) * 8  # (2h-1, 2w-1, 2)
+        table = torch.sign(offsets) * torch.log2(offsets.abs() + 1) / math.log2(8)
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()                                         # (N,)
+        index = (ys[:, None] - ys[None] + h - 1) * (2 * w - 1) + (xs[:, None] - xs[None] + w - 1)
+        self.register_buffer("table", table.reshape(-1, 2), persistent=False)      # (R, 2)
+        self.register_buffer("index", index, persistent=False)                     # (N, N)
+        self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads, bias=False))
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        bias = self.mlp(self.table)[self.index].permute(2, 0, 1)                   # (heads, N, N)
+        bias = F.pad(bias, (0, self.extra, 0, self.extra))                         # (heads, N+E, N+E)
+        return q, k, bias.to(q.dtype)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the two halves of the last axis of x by the given angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Rotary(nn.Module):
+    """1-D rotary embeddings along the sequence axis of (…, L, head_dim) queries and keys."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)               # (head_dim/2,)
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, None]:
+        t = torch.arange(q.shape[-2], device=q.device, dtype=torch.float32)
+        angles = torch.outer(t, self.inv_freq)                                     # (L, head_dim/2)
+        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+        return rotate(q, cos, sin), rotate(k, cos, sin), None
+
+
+class Attention(nn.Module):
+    """Multi-head attention of x (N, L, dim) over context (N, S, context_dim), QK-normalised."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, position: nn.Module, *,
+                 context_dim: int | None = None, causal: bool = False, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads, self.causal, self.dropout = heads, causal, dropout
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim if context_dim is None else context_dim, 2 * inner, bias=False)
+        self.q_norm = nn.RMSNorm(head_dim)
+        self.k_norm = nn.RMSNorm(head_dim)
+        self.position = position
+        self.to_out = nn.Linear(inner, dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        q = rearrange(self.to_q(x), "n l (h d) -> n h l d", h=self.heads)
+        k, v = rearrange(self.to_kv(context), "n s (two h d) -> two n h s d", two=2, h=self.heads)
+        q, k, bias = self.position(self.q_norm(q), self.k_norm(k))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=self.causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.to_out(rearrange(out, "n h l d -> n l (h d)"))                  # (N, L, dim)
+
+
+class SpaceAttention(nn.Module):
+    """Attention among the tokens of each frame: x (B, T, N, D), context (B, T, S, C)."""
+
+    def __init__(self, attention: Attention):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        b = x.shape[0]
+        fold = lambda a: rearrange(a, "b t n d -> (b t) n d")  # noqa: E731
+        return rearrange(self.attention(fold(x), fold(context)), "(b t) n d -> b t n d", b=b)
+
+
+class TimeAttention(nn.Module):
+    """Attention along time at each token position: x (B, T, N, D), context (B, S, N, C)."""
+
+    def __init__(self, attention: Attention):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        b = x.shape[0]
+        fold = lambda a: rearrange(a, "b t n d -> (b n) t d")  # noqa: E731
+        return rearrange(self.attention(fold(x), fold(context)), "(b n) t d -> b t n d", b=b)
+
+
+def space_attention(dim: int, heads: int, head_dim: int, grid: tuple[int, int], bias_hidden: int, *,
+                    extra: int = 0, context_dim: int | None = None, dropout: float = 0.0) -> SpaceAttention:
+    """Spatial (self or cross) attention on an (h, w) grid with the relative position bias."""
+    bias = SpatialBias(grid, heads, bias_hidden, extra)
+    return SpaceAttention(Attention(dim, heads, head_dim, bias, context_dim=context_dim, dropout=dropout))
+
+
+def time_attention(dim: int, heads: int, head_dim: int, dropout: float = 0.0) -> TimeAttention:
+    """Causal temporal self-attention with rotary embeddings."""
+    return TimeAttention(Attention(dim, heads, head_dim, Rotary(head_dim), causal=True, dropout=dropout))

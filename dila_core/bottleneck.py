@@ -1,0 +1,148 @@
+"""Latent-action bottlenecks: what the IDM's raw output r becomes as the latent action z.
+
+All variants share one interface (r: (B, T, in_dim), z: (B, T, d_z)):
+- `forward(r) -> (z, loss, logs)`: training-time z (noisy where the variant is),
+  the variant's own regulariser (already weighted) and its logged statistics;
+- `infer(r) -> z`: deterministic z for inference (mean, hard code);
+- `features(r) -> z`: deterministic and differentiable, used by the latent
+  consistency, norm and symmetry terms of the objective.
+
+Variants: `continuous` (DiLA: z = r), `gaussian` (beta-VAE: r = (mu, log var),
+KL to N(0, I) weighted by beta), `nsvq` (noise-substitution VQ: z is split into
+d_z / code_dim tokens, each snapped to the nearest of codebook_size codes; in
+training the quantisation error is replaced by noise of the same norm so
+gradients reach both encoder and codebook; codes unused for `dead_after`
+training steps are reset to random encoder outputs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from dila_core.config import check_choice, check_float, check_ints, require
+
+KINDS = ("continuous", "gaussian", "nsvq")
+
+
+@dataclass(frozen=True)
+class BottleneckConfig:
+    """kind; d_z: latent action size; beta: KL weight (gaussian); codebook_size, code_dim,
+    dead_after: codebook entries, size of one latent token, steps before a code is reset (nsvq)."""
+
+    kind: Literal["continuous", "gaussian", "nsvq"]
+    d_z: int
+    beta: float = 1e-4
+    codebook_size: int = 8
+    code_dim: int = 32
+    dead_after: int = 100
+
+    def validate(self, where: str) -> None:
+        check_choice(self, where, "kind", KINDS)
+        check_ints(self, where, "d_z codebook_size code_dim dead_after")
+        check_float(self, where, "beta", 0.0)
+        if self.kind == "nsvq":
+            require(self.d_z % self.code_dim == 0, where, "d_z", self.d_z,
+                    f"a multiple of code_dim = {self.code_dim} (nsvq splits z into tokens)")
+
+
+class Continuous(nn.Module):
+    """z = r: the DiLA latent action."""
+
+    def __init__(self, cfg: BottleneckConfig):
+        super().__init__()
+        self.in_dim = cfg.d_z
+
+    def forward(self, r: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        return r, r.new_zeros(()), {}
+
+    def infer(self, r: Tensor) -> Tensor:
+        return r
+
+    def features(self, r: Tensor) -> Tensor:
+        return r
+
+
+class Gaussian(nn.Module):
+    """beta-VAE latent: r = (mu, log var); z ~ N(mu, var) in training, mu otherwise."""
+
+    def __init__(self, cfg: BottleneckConfig):
+        super().__init__()
+        self.in_dim = 2 * cfg.d_z
+        self.beta = cfg.beta
+
+    def forward(self, r: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        mu, logvar = r.chunk(2, dim=-1)
+        logvar = logvar.clamp(-30.0, 20.0)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1).mean()
+        return z, self.beta * kl, {"kl": kl.detach()}
+
+    def infer(self, r: Tensor) -> Tensor:
+        return r.chunk(2, dim=-1)[0]
+
+    def features(self, r: Tensor) -> Tensor:
+        return r.chunk(2, dim=-1)[0]
+
+
+def code_statistics(codes: Tensor, codebook_size: int) -> dict[str, Tensor]:
+    """Fraction of codes used and perplexity exp(H(p)) of the code histogram of `codes` (any shape)."""
+    p = torch.bincount(codes.flatten(), minlength=codebook_size).float() / codes.numel()
+    entropy = -(p * p.clamp_min(1e-12).log()).sum()
+    return {"codebook_usage": (p > 0).float().mean(), "perplexity": entropy.exp()}
+
+
+class NSVQ(nn.Module):
+    """Noise-substitution vector quantisation of z as d_z / code_dim tokens of code_dim."""
+
+    def __init__(self, cfg: BottleneckConfig):
+        super().__init__()
+        self.in_dim = cfg.d_z
+        self.code_dim, self.dead_after = cfg.code_dim, cfg.dead_after
+        self.codebook = nn.Parameter(torch.randn(cfg.codebook_size, cfg.code_dim) / cfg.code_dim ** 0.5)
+        self.register_buffer("idle_steps", torch.zeros(cfg.codebook_size, dtype=torch.long))
+
+    def _nearest(self, tokens: Tensor) -> Tensor:
+        """Index of the nearest code for each token (…, code_dim) -> (…)."""
+        flat = tokens.reshape(-1, self.code_dim)
+        return torch.cdist(flat, self.codebook.to(flat.dtype)).argmin(-1).reshape(tokens.shape[:-1])
+
+    @torch.no_grad()
+    def _reset_dead_codes(self, tokens: Tensor) -> None:
+        """Replace codes idle for dead_after steps by random tokens of this batch."""
+        flat = tokens.detach().reshape(-1, self.code_dim)
+        dead = self.idle_steps >= self.dead_after                                   # (K,)
+        pick = flat[torch.randint(len(flat), (len(dead),), device=flat.device)]     # (K, code_dim)
+        self.codebook.copy_(torch.where(dead[:, None], pick.to(self.codebook.dtype), self.codebook))
+        self.idle_steps.masked_fill_(dead, 0)
+
+    def forward(self, r: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        tokens = rearrange(r, "b t (n d) -> b t n d", d=self.code_dim)
+        if self.training:
+            self._reset_dead_codes(tokens)
+        codes = self._nearest(tokens)                                              # (B, T, n)
+        q = self.codebook[codes].to(tokens.dtype)                                  # (B, T, n, d)
+        if self.training:
+            used = torch.bincount(codes.flatten(), minlength=len(self.idle_steps)) > 0
+            self.idle_steps.add_(1).masked_fill_(used, 0)
+            noise = torch.randn_like(tokens)
+            error = (tokens - q).norm(dim=-1, keepdim=True)                        # (B, T, n, 1)
+            q = tokens + error * noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        logs = code_statistics(codes, len(self.idle_steps))
+        return rearrange(q, "b t n d -> b t (n d)"), r.new_zeros(()), logs
+
+    def infer(self, r: Tensor) -> Tensor:
+        tokens = rearrange(r, "b t (n d) -> b t n d", d=self.code_dim)
+        q = self.codebook[self._nearest(tokens)].to(r.dtype)
+        return rearrange(q, "b t n d -> b t (n d)")
+
+    def features(self, r: Tensor) -> Tensor:
+        return r
+
+
+def build_bottleneck(cfg: BottleneckConfig) -> nn.Module:
+    """The bottleneck module for cfg.kind."""
+    return {"continuous": Continuous, "gaussian": Gaussian, "nsvq": NSVQ}[cfg.kind](cfg)

@@ -1,0 +1,116 @@
+"""Fusion decoder: (ŝ_{t+1}, e_0, c^mem_t) -> ê_{t+1}, each frame decoded on its own.
+
+ŝ is lifted per token to the decoder width by an MLP (d_s -> W -> W). Each block is
+spatial self-attention, cross-attention to every context (first-frame tokens e_0,
+then the content memory c^mem when the model has one), and a GEGLU FFN, all
+pre-LN residual, all spatial attentions with the relative position bias (queries and
+keys lie on the same grid). `fusion` chooses how the cross-attentions combine:
+``sequential`` (paper: x += CA_e0(x); x += CA_mem(x)) or ``parallel`` (reference
+code: x += CA_e0(x) + CA_mem(x)). Both have the same parameters, so a checkpoint
+loads in either mode. Paper shape (W 768, 3 blocks, 8 x 32 heads, GEGLU hidden 2048):
+21,752,640 parameters; with the structure and content encoders (residual MLPs,
+2 blocks of hidden 768) and the memory, 27,765,856 (reference 27.77M).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from dila_core.attention import space_attention
+from dila_core.config import check_choice, check_float, check_ints, require
+from dila_core.layers import GEGLU, SelfBranch, Sublayer
+
+FUSIONS = ("sequential", "parallel")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """width, depth (blocks), heads x head_dim, ffn_hidden (GEGLU), bias_hidden (position-bias MLP),
+    dropout, and how the cross-attentions combine (fusion)."""
+
+    width: int
+    depth: int
+    heads: int
+    head_dim: int
+    ffn_hidden: int
+    bias_hidden: int
+    dropout: float
+    fusion: Literal["sequential", "parallel"]
+
+    def validate(self, where: str) -> None:
+        check_ints(self, where, "width depth heads head_dim ffn_hidden bias_hidden")
+        check_float(self, where, "dropout", 0.0, 1.0, high_open=True)
+        check_choice(self, where, "fusion", FUSIONS)
+        require(self.head_dim % 2 == 0, where, "head_dim", self.head_dim, "an even integer")
+
+
+class CrossAttention(nn.Module):
+    """Branch output (no residual) of x (B, T, N, W) attending to a context (B, T, N, C)."""
+
+    def __init__(self, cfg: DecoderConfig, grid: tuple[int, int], context_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.width)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.attention = space_attention(cfg.width, cfg.heads, cfg.head_dim, grid, cfg.bias_hidden,
+                                         context_dim=context_dim, dropout=cfg.dropout)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        return self.attention(self.norm(x), self.context_norm(context))
+
+
+class Sequential(nn.Module):
+    """Cross-attentions applied one after the other (paper)."""
+
+    def __init__(self, cross: list[CrossAttention]):
+        super().__init__()
+        self.cross = nn.ModuleList(cross)
+
+    def forward(self, x: Tensor, contexts: list[Tensor]) -> Tensor:
+        for attend, context in zip(self.cross, contexts, strict=True):
+            x = x + attend(x, context)
+        return x
+
+
+class Parallel(Sequential):
+    """Cross-attentions from the same input, summed (reference code)."""
+
+    def forward(self, x: Tensor, contexts: list[Tensor]) -> Tensor:
+        return x + sum(attend(x, context) for attend, context in zip(self.cross, contexts, strict=True))
+
+
+class FusionBlock(nn.Module):
+    def __init__(self, cfg: DecoderConfig, grid: tuple[int, int], context_dims: list[int]):
+        super().__init__()
+        W = cfg.width
+        attention = space_attention(W, cfg.heads, cfg.head_dim, grid, cfg.bias_hidden, dropout=cfg.dropout)
+        self.self_attention = Sublayer(W, SelfBranch(attention))
+        combine = {"sequential": Sequential, "parallel": Parallel}[cfg.fusion]
+        self.cross = combine([CrossAttention(cfg, grid, dim) for dim in context_dims])
+        self.ffn = Sublayer(W, GEGLU(W, cfg.ffn_hidden, cfg.dropout))
+
+    def forward(self, x: Tensor, contexts: list[Tensor]) -> Tensor:
+        return self.ffn(self.cross(self.self_attention(x), contexts))
+
+
+class FusionDecoder(nn.Module):
+    """ŝ (B, T, h, w, d_s) and contexts [(B, T, h, w, C_i)] -> ê (B, T, h, w, token_dim)."""
+
+    def __init__(self, cfg: DecoderConfig, grid: tuple[int, int], d_s: int, token_dim: int,
+                 context_dims: list[int]):
+        super().__init__()
+        W = cfg.width
+        self.lift = nn.Sequential(nn.Linear(d_s, W), nn.GELU(), nn.Linear(W, W))
+        self.blocks = nn.ModuleList(FusionBlock(cfg, grid, context_dims) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(W)
+        self.proj_out = nn.Linear(W, token_dim)
+
+    def forward(self, s: Tensor, contexts: list[Tensor]) -> Tensor:
+        h = s.shape[2]
+        tokens = lambda a: rearrange(a, "b t h w d -> b t (h w) d")  # noqa: E731
+        x, contexts = tokens(self.lift(s)), [tokens(c) for c in contexts]
+        for block in self.blocks:
+            x = block(x, contexts)
+        return rearrange(self.proj_out(self.norm(x)), "b t (h w) d -> b t h w d", h=h)

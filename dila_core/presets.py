@@ -1,0 +1,96 @@
+"""Named model configurations, all built by `preset(name, ...)`.
+
+- ``paper``: DiLA at the reference configuration on 16 x 16 x 768 tokens, 123.0M
+  trainable parameters (ST-Transformer 51.10M, IDM 36.02M, FDM 8.11M, structure +
+  content encoders + memory + fusion decoder 27.77M; see each module's docstring).
+- ``small``: the CPU demo on 8 x 8 x 384 tokens (DINOv2-S width).
+- ``tiny``: for tests and CI, on 4 x 4 x 32 tokens.
+
+`variant` selects DiLA or a pathway ablation ("no_content" raises the structure
+size 4x, the paper's 32 -> 128; "no_latent_action"); `bottleneck` selects the
+latent-action bottleneck ("continuous", "gaussian" with β = 1e-4, or "nsvq" with a
+codebook of 8 and 4 x 4 latent tokens of code_dim, paper 32). Remaining keyword
+arguments replace top-level fields; a dict replaces fields of a nested config:
+``preset("tiny", d_s=4, loss={"lambda_e": 1.0})``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from dila_core.bottleneck import BottleneckConfig
+from dila_core.content import MemoryConfig
+from dila_core.fusion import DecoderConfig
+from dila_core.layers import ResidualMLPConfig
+from dila_core.losses import LossConfig
+from dila_core.model import DiLAConfig
+from dila_core.st_transformer import STConfig
+from dila_core.structure import FDMConfig, IDMConfig
+
+# Per preset: token grid and width, pathway sizes, and (width, depth, heads, head_dim,
+# ffn_hidden, bias_hidden, dropout) of the three transformers.
+SIZES: dict[str, dict[str, Any]] = {
+    "paper": dict(grid=(16, 16), token_dim=768, d_s=32, d_c=256, d_z=256, code_dim=32,
+                  st=(768, 4, 8, 64, 2048, 512, 0.1), encoder_hidden=768, encoder_depth=2,
+                  memory=(2, 32, 4, 2, 256), idm=((64, 128, 256, 512, 512), (2, 2, 2, 1, 0), 32, 1024),
+                  fdm=(256, 4, 8, 32, 1024, 512, 0.1), fdm_head=128,
+                  decoder=(768, 3, 8, 32, 2048, 512, 0.0)),
+    "small": dict(grid=(8, 8), token_dim=384, d_s=16, d_c=64, d_z=64, code_dim=4,
+                  st=(192, 2, 4, 48, 512, 128, 0.0), encoder_hidden=192, encoder_depth=1,
+                  memory=(2, 16, 4, 2, 64), idm=((32, 64, 128, 128), (1, 1, 1, 0), 8, 256),
+                  fdm=(96, 2, 4, 24, 256, 64, 0.0), fdm_head=48,
+                  decoder=(192, 2, 4, 32, 512, 128, 0.0)),
+    "tiny": dict(grid=(4, 4), token_dim=32, d_s=8, d_c=16, d_z=16, code_dim=2,
+                 st=(32, 1, 2, 16, 64, 16, 0.0), encoder_hidden=32, encoder_depth=1,
+                 memory=(2, 8, 4, 2, 16), idm=((8, 16, 16), (1, 1, 0), 4, 32),
+                 fdm=(32, 1, 2, 16, 64, 16, 0.0), fdm_head=16,
+                 decoder=(32, 1, 2, 16, 64, 16, 0.0)),
+}
+NSVQ_TOKENS = 16  # 4 x 4 latent tokens
+NO_CONTENT_STRUCTURE_FACTOR = 4  # paper: structure 32 -> 128 without the content pathway
+
+
+def _transformer(cls, sizes: tuple, **extra):
+    width, depth, heads, head_dim, ffn_hidden, bias_hidden, dropout = sizes
+    return cls(width=width, depth=depth, heads=heads, head_dim=head_dim, ffn_hidden=ffn_hidden,
+               bias_hidden=bias_hidden, dropout=dropout, **extra)
+
+
+def _bottleneck(kind: str, size: dict[str, Any]) -> BottleneckConfig:
+    if kind == "nsvq":
+        code_dim = size["code_dim"]
+        return BottleneckConfig(kind="nsvq", d_z=NSVQ_TOKENS * code_dim, codebook_size=8, code_dim=code_dim)
+    return BottleneckConfig(kind=kind, d_z=size["d_z"], beta=1e-4)
+
+
+def _replace(cfg: DiLAConfig, overrides: dict[str, Any]) -> DiLAConfig:
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"preset: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
+    nested = {k: dataclasses.replace(getattr(cfg, k), **v) for k, v in overrides.items() if isinstance(v, dict)}
+    return dataclasses.replace(cfg, **{**overrides, **nested})
+
+
+def preset(name: str, variant: str = "dila", bottleneck: str = "continuous", **overrides: Any) -> DiLAConfig:
+    """The named configuration, for one model variant and bottleneck, with fields replaced."""
+    if name not in SIZES:
+        raise ValueError(f"preset: unknown name {name!r} (known: {', '.join(SIZES)})")
+    size = SIZES[name]
+    d_s = size["d_s"] * (NO_CONTENT_STRUCTURE_FACTOR if variant == "no_content" else 1)
+    channels, blocks, groups, idm_head = size["idm"]
+    encoder = ResidualMLPConfig(hidden=size["encoder_hidden"], depth=size["encoder_depth"])
+    cfg = DiLAConfig(
+        grid=size["grid"], token_dim=size["token_dim"], d_s=d_s, d_c=size["d_c"], variant=variant,
+        st=_transformer(STConfig, size["st"], layout="space-ffn-time-ffn"),
+        structure_encoder=encoder, content_encoder=encoder,
+        memory=MemoryConfig(*size["memory"]),
+        idm=IDMConfig(channels=channels, blocks=blocks, groups=groups, head_hidden=idm_head),
+        fdm=FDMConfig(st=_transformer(STConfig, size["fdm"], layout="space-time-ffn"), head_hidden=size["fdm_head"]),
+        bottleneck=_bottleneck(bottleneck, size),
+        decoder=_transformer(DecoderConfig, size["decoder"], fusion="sequential"),
+        loss=LossConfig(),
+    )
+    cfg = _replace(cfg, overrides)
+    cfg.validate(f"preset:{name}")
+    return cfg

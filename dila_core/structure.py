@@ -1,0 +1,112 @@
+"""Structure pathway: inverse dynamics (IDM) and forward dynamics (FDM) on structure s.
+
+IDM: Δs (B, T-1, h, w, d_s) -> raw latent action r (B, T-1, out_dim). A 3-D conv
+ResNet (GroupNorm + SiLU, pre-activation blocks), 3x3x3 kernels with symmetric
+temporal padding (bidirectional, no temporal downsampling), stride-2 spatial
+downsampling between stages, global spatial mean, then an MLP head per step.
+Paper shape: channels 64 -> 128 -> 256 -> 512 -> 512 on 16 -> 8 -> 4 -> 2 -> 1, with
+(2, 2, 2, 1, 0) residual blocks per stage; this reproduces the reference's
+36.02M parameters (36,022,208) exactly with a 512 -> 1024 -> 256 head.
+
+FDM: (s_t, z_t) -> Δŝ_t, so ŝ_{t+1} = s_t + FDM(s_t, z_t). A light ST-Transformer
+(layout space-time-ffn) on the projected structure tokens plus one extra token per
+frame carrying z; every sublayer is AdaLN-zero conditioned on z. z enters through
+two MLPs (d_z -> W -> W): one makes the z token, one the AdaLN condition. The last
+head layer is zero-initialised, so the update is exactly zero at initialisation.
+Paper shape (W 256, depth 4, 8 x 32 heads, GEGLU hidden 1024, head 256 -> 128 -> 32):
+8,114,592 parameters (reference 8.09M).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange, reduce
+from torch import Tensor, nn
+
+from dila_core.config import check_int, check_int_tuple, check_ints, require
+from dila_core.st_transformer import STConfig, STTransformer
+
+
+@dataclass(frozen=True)
+class IDMConfig:
+    """channels[i] and blocks[i]: width and residual blocks of stage i (stage i works at grid / 2^i);
+    groups: GroupNorm groups (divides every channel count); head_hidden: hidden size of the head."""
+
+    channels: tuple[int, ...]
+    blocks: tuple[int, ...]
+    groups: int
+    head_hidden: int
+
+    def validate(self, where: str) -> None:
+        check_int_tuple(self, where, "channels")
+        check_int_tuple(self, where, "blocks", len(self.channels), low=0)
+        check_ints(self, where, "groups head_hidden")
+        require(all(c % self.groups == 0 for c in self.channels), where, "groups", self.groups,
+                f"a divisor of every entry of channels = {self.channels}")
+
+
+class ResBlock3d(nn.Module):
+    """x + conv(SiLU(GN(conv(SiLU(GN(x)))))) at constant width; x (B, C, T, h, w)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv3d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv3d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class IDM(nn.Module):
+    """Inverse dynamics: Δs (B, T-1, h, w, d_s) -> r (B, T-1, out_dim); bidirectional in time."""
+
+    def __init__(self, cfg: IDMConfig, d_s: int, out_dim: int):
+        super().__init__()
+        ch, g = cfg.channels, cfg.groups
+        layers: list[nn.Module] = [nn.Conv3d(d_s, ch[0], 3, padding=1)]
+        for i, (width, n) in enumerate(zip(ch, cfg.blocks)):
+            layers += [ResBlock3d(width, g) for _ in range(n)]
+            layers += [nn.Conv3d(width, ch[i + 1], 3, stride=(1, 2, 2), padding=1)] if i + 1 < len(ch) else []
+        self.body = nn.Sequential(*layers, nn.GroupNorm(g, ch[-1]), nn.SiLU())
+        self.head = nn.Sequential(nn.Linear(ch[-1], cfg.head_hidden), nn.SiLU(), nn.Linear(cfg.head_hidden, out_dim))
+
+    def forward(self, ds: Tensor) -> Tensor:
+        v = self.body(rearrange(ds, "b t h w c -> b c t h w"))         # (B, C, T-1, h', w')
+        return self.head(reduce(v, "b c t h w -> b t c", "mean"))      # (B, T-1, out_dim)
+
+
+@dataclass(frozen=True)
+class FDMConfig:
+    """st: the light ST-Transformer; head_hidden: hidden size of the output head (W -> hidden -> d_s)."""
+
+    st: STConfig
+    head_hidden: int
+
+    def validate(self, where: str) -> None:
+        self.st.validate(f"{where}.st")
+        check_int(self, where, "head_hidden")
+
+
+class FDM(nn.Module):
+    """Forward dynamics: s (B, T, h, w, d_s), z (B, T, d_z) -> Δŝ (B, T, h, w, d_s), causal in time."""
+
+    def __init__(self, cfg: FDMConfig, grid: tuple[int, int], d_s: int, d_z: int):
+        super().__init__()
+        W = cfg.st.width
+        self.proj_in = nn.Linear(d_s, W)
+        self.z_token = nn.Sequential(nn.Linear(d_z, W), nn.SiLU(), nn.Linear(W, W))
+        self.z_cond = nn.Sequential(nn.Linear(d_z, W), nn.SiLU(), nn.Linear(W, W))
+        self.st = STTransformer(cfg.st, grid, extra=1, cond_dim=W)
+        self.head = nn.Sequential(nn.Linear(W, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, d_s))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, s: Tensor, z: Tensor) -> Tensor:
+        h = s.shape[2]
+        x = rearrange(self.proj_in(s), "b t h w d -> b t (h w) d")     # (B, T, N, W)
+        x = torch.cat([x, self.z_token(z)[:, :, None]], dim=2)         # (B, T, N+1, W)
+        x = self.st(x, self.z_cond(z))[:, :, :-1]                      # (B, T, N, W)
+        return rearrange(self.head(x), "b t (h w) d -> b t h w d", h=h)

@@ -1,0 +1,106 @@
+"""The `dila` command line: one command per stage, each a thin shell over `run(...)`.
+
+Every command reads params.yaml (or --params FILE) and accepts repeated
+`-S key=value` overrides, like `dvc exp run -S`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import ParamsError
+from pipeline.params import Params, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="DiLA: feature cache and world-model pipeline.")
+err = Console(stderr=True)
+out = Console()
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params file to read")]
+SetOpt = Annotated[list[str], typer.Option("-S", "--set", help="override a param: key=value (repeatable)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _params(path: Path, overrides: list[str] | None) -> Params:
+    try:
+        return load_params(path, overrides or [])
+    except ParamsError as e:
+        _fail(str(e), 2)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a stage; expected failures become one clear line and exit status 1."""
+    from pipeline.encoder import EncoderUnavailable
+    from pipeline.sources import EpisodeError, SourceError
+    from pipeline.store import StoreError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ParamsError, SourceError, EpisodeError, StoreError, EncoderUnavailable) as e:
+        _fail(str(e))
+
+
+@app.command()
+def prepare(name: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False):
+    """List and check every episode of dataset NAME; write its manifest."""
+    from stages import prepare as stage
+
+    p = _params(params, set_)
+    manifest = _guard(stage.run, p, name, show_progress=not quiet)
+    n = sum(e["frames"] for e in manifest["episodes"])
+    out.print(f"prepare {name}: {len(manifest['episodes'])} episodes, {n} frames, "
+              f"{len(manifest['failures'])} skipped -> {stage.manifest_path(p, name)}")
+    for f in manifest["failures"]:
+        err.print(f"[yellow]skipped[/] {f['origin']}: {f['reason']}", highlight=False)
+
+
+@app.command()
+def extract(name: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False):
+    """Encode dataset NAME with the frozen DINOv2 into its Zarr feature store (resumable)."""
+    from stages import extract as stage
+
+    p = _params(params, set_)
+    path = _guard(stage.run, p, name, show_progress=not quiet)
+    out.print(f"extract {name}: wrote {path}")
+
+
+@app.command()
+def verify(store: Path):
+    """Check a feature store: schema, completeness, NaN/Inf, episode bookkeeping."""
+    from pipeline.inspect import verify as check
+
+    problems = check(store)
+    for problem in problems:
+        err.print(f"[bold red]{store}:[/] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"{store}: OK")
+
+
+@app.command()
+def info(store: Path):
+    """Describe a feature store: sizes, layout, encoder, provenance."""
+    from pipeline.inspect import info as describe
+
+    summary = _guard(describe, store)
+    table = Table(title=str(store), show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point for `python -m pipeline.cli`
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

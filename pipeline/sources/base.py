@@ -1,0 +1,176 @@
+"""The interface every data source implements, and the errors it raises.
+
+A source yields *episodes*: RGB frames plus optional per-frame actions and labels.
+It is read in place; nothing is copied. Sources are deterministic: the same
+params give the same episodes, in the same order, with the same frames.
+
+Frame selection (`frame_stride`, `max_frames`) is applied by the source, so
+index `i` of an episode always means the i-th *kept* frame.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import check
+
+
+class SourceError(RuntimeError):
+    """The source as a whole is unusable (its path does not exist, its layout is wrong)."""
+
+
+class EpisodeError(RuntimeError):
+    """One episode cannot be read. `origin` names the file; `reason` says what is wrong."""
+
+    def __init__(self, origin: str, reason: str):
+        super().__init__(f"{origin}: {reason}")
+        self.origin = origin
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    """Settings shared by every source kind (one entry of `datasets:` in params.yaml).
+
+    path: what the dataset is read from; DVC tracks it as the prepare stage's
+        dependency. For `synthetic` it is the generator module (the generator is the data).
+    frame_stride: keep every n-th frame.
+    max_frames: keep at most this many frames per episode (after the stride); null = all.
+    resize: (height, width) to resize decoded frames to before encoding; null = as decoded.
+    strict: stop at the first bad episode instead of skipping it and listing it in the
+        failures report.
+    """
+
+    kind: str
+    path: str
+    frame_stride: int = 1
+    max_frames: int | None = None
+    resize: tuple[int, ...] | None = None
+    strict: bool = False
+
+    def validate(self, where: str) -> None:
+        check(self.frame_stride >= 1, f"{where}.frame_stride", self.frame_stride, "an integer >= 1")
+        check(
+            self.max_frames is None or self.max_frames >= 2,
+            f"{where}.max_frames",
+            self.max_frames,
+            "null or an integer >= 2",
+        )
+        check(
+            self.resize is None or (len(self.resize) == 2 and min(self.resize) >= 1),
+            f"{where}.resize",
+            self.resize,
+            "null or [height, width] with both >= 1",
+        )
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    """A cheap handle on one episode.
+
+    key: stable unique id within the source (relative file path, "episode_000012").
+    origin: what to name in error messages (a file path, or a description).
+    """
+
+    key: str
+    origin: str
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Shape (after the frame axis) and dtype of one per-frame label array."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a source provides per frame besides pixels (fixed for the whole source)."""
+
+    action_dim: int | None = None  # None: the source has no actions
+    labels: dict[str, LabelSpec] = field(default_factory=dict)
+
+
+@dataclass
+class Episode:
+    """Frames [start, stop) of one episode, with their actions and labels.
+
+    frames: (T, H, W, 3) uint8 RGB.
+    actions: (T, action_dim) float32, or None when the schema has no actions.
+    labels: name -> (T, *spec.shape) array, for every label in the schema.
+    """
+
+    key: str
+    frames: np.ndarray
+    actions: np.ndarray | None = None
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        f = self.frames
+        if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
+            raise ValueError(f"{self.key}: frames must be (T, H, W, 3) uint8, got {f.shape} {f.dtype}")
+        for name, arr in [("actions", self.actions), *self.labels.items()]:
+            if arr is not None and len(arr) != len(f):
+                raise ValueError(f"{self.key}: {name} has {len(arr)} rows for {len(f)} frames")
+
+
+class Source(abc.ABC):
+    """A dataset read in place. Subclasses take their params dataclass in `__init__`."""
+
+    params: DatasetParams
+
+    @abc.abstractmethod
+    def refs(self) -> list[EpisodeRef]:
+        """All episodes, in a deterministic order. Raises SourceError if the source is unusable."""
+
+    @abc.abstractmethod
+    def schema(self) -> Schema:
+        """Actions and labels every episode carries."""
+
+    @abc.abstractmethod
+    def load(self, ref: EpisodeRef, start: int = 0, stop: int | None = None) -> Episode:
+        """Kept frames [start, stop) of one episode (stride and max_frames applied).
+
+        Raises EpisodeError naming `ref.origin` when the episode is unreadable, empty,
+        truncated, or has fewer kept frames than `stop`.
+        """
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A hex digest that changes whenever the episodes would change (paths, sizes,
+        mtimes, or generator params); recorded in the store's attributes."""
+
+    def count(self, ref: EpisodeRef) -> int:
+        """Number of kept frames, checked by reading the whole episode once.
+
+        Sources whose frame count is cheap and trustworthy may override this.
+        """
+        return len(self.load(ref).frames)
+
+
+def kept_indices(n_raw: int, params: DatasetParams) -> np.ndarray:
+    """Raw frame indices kept by `frame_stride` and `max_frames` from an episode of n_raw frames."""
+    idx = np.arange(0, n_raw, params.frame_stride)
+    if params.max_frames is not None:
+        idx = idx[: params.max_frames]
+    return idx
+
+
+def apply_resize(frames: np.ndarray, params: DatasetParams) -> np.ndarray:
+    """Frames resized to `params.resize` (antialiased bilinear; identical for every decoder)."""
+    if params.resize is None or tuple(frames.shape[1:3]) == tuple(params.resize):
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+    x = F.interpolate(x, size=tuple(params.resize), mode="bilinear", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def replace(params: DatasetParams, **changes) -> DatasetParams:
+    """A copy of `params` with some fields changed (tests use it)."""
+    return dataclasses.replace(params, **changes)

@@ -1,0 +1,456 @@
+"""Built-in benchmark data: textured primitives moving over textured backgrounds.
+
+Every episode is drawn from `np.random.default_rng([seed, 0, index])` and from the
+params that define pixels and motion, so it never depends on how many episodes
+exist or on the order they are loaded. Object appearance `a` is drawn from
+`[seed, 1, a]` and background `b` from `[seed, 2, b]`; any (appearance, motion)
+pair can be rendered, which gives exact targets for rebinding and action transfer:
+`spec(i)` -> EpisodeSpec(appearance, motion); `render(appearance, motion, start,
+stop)` -> Episode exactly as `load` gives it (load = render of spec(i));
+`Motion.from_actions(family, initial, actions)` applies given raw actions.
+
+Conventions (K = `max_objects`):
+- Coordinates are fractions of the image: x to the right, y downwards, pixel
+  (row, col) has its centre at ((col + 0.5) / size, (row + 0.5) / size).
+- pose (T, K, 4) float32 per object = (x, y, log_scale, angle). The object's
+  radius is `object_size * exp(log_scale)` (fraction of the image). angle is in
+  radians, not wrapped; a positive angle turns the object clockwise on screen
+  (from +x towards +y). Every shape fits in the disk of that radius.
+- actions (T, 4K) float32 = for each object (dx, dy, dlog_scale, dangle), the
+  pose change from kept frame t to kept frame t + 1, i.e.
+  `pose[raw(t) + frame_stride] - pose[raw(t)]` computed in float32, so that
+  `pose[t+1] - pose[t] == action[t]` holds exactly. The motion is simulated past
+  the last frame, so the last frame has its outgoing action too. Absent objects
+  have zero actions and zero poses.
+- content (T, K+1) int32 = background id, then appearance id per object (-1 for
+  absent). motion (T,) int32 = motion family id (index into `MOTIONS`) of the
+  transition. present (T, K) uint8.
+- Appearance id `a` has shape `SHAPES[a % 4]` and pattern `PATTERNS[(a // 4) % 4]`;
+  background id `b` has pattern `PATTERNS[b % 4]`. Colours and pattern waves are
+  drawn from the seed.
+- Motion families: translate moves (x, y); scale changes log_scale; rotate
+  changes angle; compose changes all four. Per-step actions follow a unit
+  AR(1) process (`persistence`) scaled by `translate_step`, `scale_step`,
+  `rotate_step`. Objects are kept fully inside the image: positions reflect at
+  the borders, log_scale reflects at +-scale_range and never grows past the
+  nearest border; the recorded action is the step actually applied.
+- All objects of an episode share one motion family but move independently;
+  later objects are drawn on top of earlier ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from pipeline.config import check, to_dict
+from pipeline.sources.base import (DatasetParams, Episode, EpisodeError, EpisodeRef, LabelSpec, Schema,
+                                   Source, apply_resize, kept_indices)
+
+MOTIONS = ("translate", "scale", "rotate", "compose")
+SHAPES = ("disk", "square", "triangle", "cross")
+PATTERNS = ("stripes", "checker", "noise", "gradient")
+MotionName = Literal["translate", "scale", "rotate", "compose"]
+
+# Which pose components (x, y, log_scale, angle) each motion family moves.
+_FAMILY_MASK = np.array([[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1]], dtype=np.float64)
+_EPISODE_STREAM, _OBJECT_STREAM, _BACKGROUND_STREAM = 0, 1, 2
+_WAVES = 6
+_KEY = re.compile(r"episode_(\d{6,})")
+_TRIANGLE_NORMALS = np.array([[math.cos(a), math.sin(a)] for a in np.radians([90.0, 210.0, 330.0])])
+
+
+@dataclass(frozen=True)
+class SyntheticParams(DatasetParams):
+    """The synthetic generator (one `datasets:` entry with `kind: synthetic`).
+
+    episodes: number of episodes; frames: raw frames per episode (before the stride);
+    size: rendered height = width in pixels; max_objects: objects per episode are
+    drawn from 1..max_objects; motions: families sampled (one per episode);
+    appearances / backgrounds: size of the object / background catalogues;
+    object_size: base object radius (fraction of the image); scale_range: bound on
+    |log_scale|; translate_step (fraction of the image), scale_step, rotate_step
+    (radians): per-step action standard deviations; persistence: AR(1) coefficient
+    of the per-step actions in [0, 1).
+    """
+
+    kind: str = "synthetic"
+    path: str = "pipeline/sources/synthetic.py"
+    episodes: int = 64
+    frames: int = 32
+    size: int = 64
+    max_objects: int = 1
+    motions: tuple[MotionName, ...] = MOTIONS
+    appearances: int = 16
+    backgrounds: int = 8
+    seed: int = 0
+    object_size: float = 0.14
+    scale_range: float = 0.4
+    translate_step: float = 0.04
+    scale_step: float = 0.08
+    rotate_step: float = 0.2
+    persistence: float = 0.8
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        ratio = self.object_size * math.exp(min(self.scale_range, 10.0))
+        kept = len(kept_indices(self.frames, self))
+        stride = self.frame_stride
+        families = bool(self.motions) and set(self.motions) <= set(MOTIONS)
+        rules = [
+            ("kind", self.kind == "synthetic", "'synthetic'"),
+            ("episodes", self.episodes >= 1, "an integer >= 1"),
+            ("frames", self.frames >= 2 and kept >= 2, f"an integer keeping >= 2 at stride {stride}"),
+            ("size", self.size >= 8, "an integer >= 8"),
+            ("max_objects", 1 <= self.max_objects <= 8, "an integer in 1..8"),
+            ("motions", families, f"a non-empty list of {', '.join(MOTIONS)}"),
+            ("motions", len(set(self.motions)) == len(self.motions), "no repeated family"),
+            ("appearances", self.appearances >= 1, "an integer >= 1"),
+            ("backgrounds", self.backgrounds >= 1, "an integer >= 1"),
+            ("seed", self.seed >= 0, "an integer >= 0"),
+            ("scale_range", self.scale_range >= 0, "a number >= 0"),
+            ("object_size", self.object_size > 0 and ratio < 0.5, "a number > 0, below 0.5 / exp(scale_range)"),
+            ("translate_step", self.translate_step >= 0, "a number >= 0"),
+            ("scale_step", self.scale_step >= 0, "a number >= 0"),
+            ("rotate_step", self.rotate_step >= 0, "a number >= 0"),
+            ("persistence", 0 <= self.persistence < 1, "a number in [0, 1)"),
+        ]
+        for name, ok, allowed in rules:
+            check(ok, f"{where}.{name}", getattr(self, name), allowed)
+
+
+@dataclass(frozen=True, eq=False)
+class Look:
+    """How one object (shape one of SHAPES) or background (shape None) is painted.
+
+    colors: (2, 3) float32 RGB mixed by the pattern; waves: (6, 3) float32 rows of
+    (frequency x, frequency y, phase), in cycles per object radius (objects) or per
+    image size (backgrounds).
+    """
+
+    shape: str | None
+    pattern: str
+    colors: np.ndarray
+    waves: np.ndarray
+
+    def shade(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """RGB float32 colour (..., 3) at texture coordinates (u, v)."""
+        w = self.waves
+
+        def wave(j: int) -> np.ndarray:
+            return np.sin((2 * math.pi) * (float(w[j, 0]) * u + float(w[j, 1]) * v) + float(w[j, 2]))
+
+        if self.pattern == "stripes":
+            s = wave(0)
+        elif self.pattern == "checker":
+            s = 1.5 * wave(0) * wave(1)
+        elif self.pattern == "noise":
+            s = sum(wave(j) for j in range(_WAVES)) * float(1 / math.sqrt(_WAVES / 2))
+        else:
+            norm = float(np.hypot(w[0, 0], w[0, 1]))
+            s = (float(w[0, 0]) * u + float(w[0, 1]) * v) * (1.0 / norm)
+        m = np.clip(0.5 + 0.75 * s, 0.0, 1.0)[..., None]
+        c0, c1 = self.colors
+        return c0 + m * (c1 - c0)
+
+
+def _waves(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+    freq = rng.uniform(low, high, _WAVES)
+    direction = rng.uniform(0, 2 * math.pi, _WAVES)
+    phase = rng.uniform(0, 2 * math.pi, _WAVES)
+    waves = np.stack([freq * np.cos(direction), freq * np.sin(direction), phase], axis=1)
+    waves[1, :2] = (-waves[0, 1], waves[0, 0])  # the checker's second wave is perpendicular to the first
+    return waves.astype(np.float32)
+
+
+def object_look(seed: int, appearance: int) -> Look:
+    """The look of object appearance id `appearance` under `seed`."""
+    rng = np.random.default_rng([seed, _OBJECT_STREAM, appearance])
+    first = rng.uniform(0, 255, 3)
+    second = np.clip(255 - first + rng.uniform(-40, 40, 3), 0, 255)
+    colors = np.stack([first, second]).astype(np.float32)
+    shape = SHAPES[appearance % len(SHAPES)]
+    pattern = PATTERNS[(appearance // len(SHAPES)) % len(PATTERNS)]
+    return Look(shape, pattern, colors, _waves(rng, 0.6, 1.5))
+
+
+def background_look(seed: int, background: int) -> Look:
+    """The look of background id `background` under `seed` (muted, lower contrast)."""
+    rng = np.random.default_rng([seed, _BACKGROUND_STREAM, background])
+    first = rng.uniform(50, 200, 3)
+    second = np.clip(first + rng.uniform(-60, 60, 3), 0, 255)
+    colors = np.stack([first, second]).astype(np.float32)
+    return Look(None, PATTERNS[background % len(PATTERNS)], colors, _waves(rng, 1.5, 5.0))
+
+
+def signed_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Approximate signed distance (negative inside) to `shape` in object units (radius 1)."""
+    if shape == "disk":
+        return np.hypot(u, v) - 1.0
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) - float(1 / math.sqrt(2))
+    if shape == "triangle":  # equilateral, circumradius 1, one vertex pointing up
+        n = _TRIANGLE_NORMALS
+        edges = [float(n[k, 0]) * u + float(n[k, 1]) * v for k in range(3)]
+        return np.maximum(np.maximum(edges[0], edges[1]), edges[2]) - 0.5
+    if shape == "cross":
+        au, av = np.abs(u), np.abs(v)
+        bar_h = np.maximum(au - 0.9, av - 0.3)
+        bar_v = np.maximum(au - 0.3, av - 0.9)
+        return np.minimum(bar_h, bar_v)
+    raise ValueError(f"unknown shape {shape!r}: expected one of {', '.join(SHAPES)}")
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """Content of an episode: background id and one appearance id per object."""
+
+    background: int
+    objects: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "background", int(self.background))
+        object.__setattr__(self, "objects", tuple(int(a) for a in self.objects))
+
+
+@dataclass(frozen=True, eq=False)
+class Motion:
+    """Structure of an episode: motion family id and raw poses (S + 1, n, 4) float32.
+
+    Raw step s moves the objects from poses[s] to poses[s + 1]; `actions` are those
+    differences. poses are stored read-only.
+    """
+
+    family: int
+    poses: np.ndarray
+
+    def __post_init__(self) -> None:
+        poses = np.array(self.poses, dtype=np.float32)
+        if poses.ndim != 3 or poses.shape[2] != 4 or poses.shape[0] < 2:
+            raise ValueError(f"motion poses must be (steps + 1 >= 2, objects, 4), got {poses.shape}")
+        if not 0 <= int(self.family) < len(MOTIONS):
+            raise ValueError(f"motion family {self.family} is not an index into {MOTIONS}")
+        poses.setflags(write=False)
+        object.__setattr__(self, "family", int(self.family))
+        object.__setattr__(self, "poses", poses)
+
+    @property
+    def actions(self) -> np.ndarray:
+        """(S, n, 4) float32 raw per-step pose changes."""
+        return np.diff(self.poses, axis=0)
+
+    @classmethod
+    def from_actions(cls, family: int, initial: np.ndarray, actions: np.ndarray) -> Motion:
+        """Poses reached from `initial` (n, 4) by raw `actions` (S, n, 4), without border handling."""
+        initial = np.asarray(initial, dtype=np.float64)
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim != 3 or actions.shape[1:] != initial.shape:
+            raise ValueError(f"actions {actions.shape} do not match initial poses {initial.shape}")
+        poses = np.concatenate([initial[None], initial[None] + np.cumsum(actions, axis=0)])
+        return cls(family, poses)
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Everything that defines episode `index`: its content and its motion."""
+
+    index: int
+    appearance: Appearance
+    motion: Motion
+
+
+def _reflect(value: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`value` mirrored back into [low, high] (then clamped); also where it was outside."""
+    out = np.where(value > high, 2 * high - value, value)
+    out = np.where(out < low, 2 * low - out, out)
+    return np.clip(out, low, high), (value > high) | (value < low)
+
+
+def _simulate(params: SyntheticParams, rng: np.random.Generator, family: int, n: int) -> np.ndarray:
+    """Raw poses (frames + frame_stride, n, 4) float32 of n objects moving under `family`."""
+    steps = params.frames - 1 + params.frame_stride
+    size0, bound = params.object_size, params.scale_range
+    log_scale = rng.uniform(-bound / 2, bound / 2, n)
+    radius = size0 * np.exp(log_scale)
+    x, y = rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius)
+    poses = np.empty((steps + 1, n, 4))
+    poses[0] = np.stack([x, y, log_scale, rng.uniform(-math.pi, math.pi, n)], axis=1)
+    # Drawn last, step-major: a longer episode extends the same noise sequence.
+    noise = rng.standard_normal((steps, n, 4))
+    scales = np.array([params.translate_step, params.translate_step, params.scale_step, params.rotate_step])
+    scales = scales * _FAMILY_MASK[family]
+    rho = params.persistence
+    velocity = noise[0].copy()
+    for t in range(steps):
+        if t:
+            velocity = rho * velocity + math.sqrt(1 - rho * rho) * noise[t]
+        cur, nxt = poses[t], poses[t].copy()
+        step = velocity * scales
+        if scales[2]:
+            room = np.min([cur[:, 0], 1 - cur[:, 0], cur[:, 1], 1 - cur[:, 1]], axis=0)
+            high = np.maximum(np.minimum(bound, np.log(room / size0) - 1e-9), -bound)
+            nxt[:, 2], flipped = _reflect(cur[:, 2] + step[:, 2], -bound, high)
+            velocity[:, 2] = np.where(flipped, -velocity[:, 2], velocity[:, 2])
+        if scales[0]:
+            radius = size0 * np.exp(nxt[:, 2])
+            for k in (0, 1):
+                nxt[:, k], flipped = _reflect(cur[:, k] + step[:, k], radius, 1 - radius)
+                velocity[:, k] = np.where(flipped, -velocity[:, k], velocity[:, k])
+        nxt[:, 3] = cur[:, 3] + step[:, 3]
+        poses[t + 1] = nxt
+    return poses.astype(np.float32)
+
+
+class SyntheticSource(Source):
+    """Procedural episodes of textured primitives under translation, scaling and rotation."""
+
+    def __init__(self, params: SyntheticParams):
+        self.params = params
+        size = params.size
+        centres = (np.arange(size, dtype=np.float32) + 0.5) / size
+        self._gy, self._gx = np.meshgrid(centres, centres, indexing="ij")
+        self._backgrounds: dict[int, np.ndarray] = {}
+
+    def refs(self) -> list[EpisodeRef]:
+        seed, n = self.params.seed, self.params.episodes
+        return [EpisodeRef(f"episode_{i:06d}", f"synthetic episode {i} (seed {seed})") for i in range(n)]
+
+    def schema(self) -> Schema:
+        k = self.params.max_objects
+        return Schema(
+            action_dim=4 * k,
+            labels={
+                "pose": LabelSpec((k, 4), "float32"),
+                "content": LabelSpec((k + 1,), "int32"),
+                "motion": LabelSpec((), "int32"),
+                "present": LabelSpec((k,), "uint8"),
+            },
+        )
+
+    def count(self, ref: EpisodeRef) -> int:
+        self._index(ref)
+        return len(kept_indices(self.params.frames, self.params))
+
+    def fingerprint(self) -> str:
+        """sha256 of the params that shape the episodes and of this module's source text."""
+        shaping = {k: v for k, v in to_dict(self.params).items() if k not in ("path", "strict")}
+        digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
+        digest.update(Path(__file__).read_bytes())
+        return digest.hexdigest()
+
+    def spec(self, index: int) -> EpisodeSpec:
+        """Content and motion of episode `index` (any index >= 0, also past `episodes`)."""
+        if index < 0:
+            raise ValueError(f"episode index must be >= 0, got {index}")
+        p = self.params
+        rng = np.random.default_rng([p.seed, _EPISODE_STREAM, index])
+        n = int(rng.integers(1, p.max_objects + 1))
+        background = int(rng.integers(p.backgrounds))
+        objects = rng.choice(p.appearances, size=n, replace=p.appearances < n)
+        family = MOTIONS.index(p.motions[int(rng.integers(len(p.motions)))])
+        motion = Motion(family, _simulate(p, rng, family, n))
+        return EpisodeSpec(index, Appearance(background, tuple(objects)), motion)
+
+    def load(self, ref: EpisodeRef, start: int = 0, stop: int | None = None) -> Episode:
+        index = self._index(ref)
+        n = self.count(ref)
+        stop = n if stop is None else stop
+        if not 0 <= start < stop <= n:
+            raise EpisodeError(ref.origin, f"frames [{start}, {stop}) requested, episode has {n} kept frames")
+        spec = self.spec(index)
+        return self.render(spec.appearance, spec.motion, start, stop, key=ref.key)
+
+    def render(
+        self,
+        appearance: Appearance,
+        motion: Motion,
+        start: int = 0,
+        stop: int | None = None,
+        key: str = "render",
+    ) -> Episode:
+        """Kept frames [start, stop) of `appearance` moving under `motion`, as `load` gives them.
+
+        Stride, max_frames and resize apply as for loaded episodes; kept frame t shows
+        raw pose t * frame_stride and its action reaches raw pose t * frame_stride +
+        frame_stride, so the motion must have at least frame_stride + 1 poses.
+        """
+        p = self.params
+        n = self._check_pair(appearance, motion)
+        idx = kept_indices(max(len(motion.poses) - p.frame_stride, 0), p)
+        stop = len(idx) if stop is None else stop
+        if not 0 <= start < stop <= len(idx):
+            raise ValueError(f"frames [{start}, {stop}) requested, the motion gives {len(idx)} kept frames")
+        idx = idx[start:stop]
+        poses = motion.poses[idx]
+        t, k = len(idx), p.max_objects
+        pose = np.zeros((t, k, 4), np.float32)
+        pose[:, :n] = poses
+        actions = np.zeros((t, k, 4), np.float32)
+        actions[:, :n] = motion.poses[idx + p.frame_stride] - poses
+        content = np.full((t, k + 1), -1, np.int32)
+        content[:, 0] = appearance.background
+        content[:, 1 : n + 1] = appearance.objects
+        present = np.zeros((t, k), np.uint8)
+        present[:, :n] = 1
+        motion_ids = np.full(t, motion.family, np.int32)
+        labels = {"pose": pose, "content": content, "motion": motion_ids, "present": present}
+        frames = apply_resize(self._paint(appearance, poses), p)
+        return Episode(key, frames, actions.reshape(t, 4 * k), labels)
+
+    def _index(self, ref: EpisodeRef) -> int:
+        match = _KEY.fullmatch(ref.key)
+        if match is None or int(match.group(1)) >= self.params.episodes:
+            last = f"episode_{self.params.episodes - 1:06d}"
+            raise EpisodeError(ref.origin, f"{ref.key!r} is not one of episode_000000..{last}")
+        return int(match.group(1))
+
+    def _check_pair(self, appearance: Appearance, motion: Motion) -> int:
+        p = self.params
+        n = len(appearance.objects)
+        if motion.poses.shape[1] != n:
+            raise ValueError(f"appearance has {n} objects but the motion moves {motion.poses.shape[1]}")
+        if n > p.max_objects:
+            raise ValueError(f"{n} objects exceed max_objects = {p.max_objects}")
+        if not 0 <= appearance.background < p.backgrounds:
+            raise ValueError(f"background id {appearance.background} not in 0..{p.backgrounds - 1}")
+        if any(not 0 <= a < p.appearances for a in appearance.objects):
+            raise ValueError(f"appearance ids {appearance.objects} not all in 0..{p.appearances - 1}")
+        return n
+
+    def _background(self, background: int) -> np.ndarray:
+        if background not in self._backgrounds:
+            look = background_look(self.params.seed, background)
+            self._backgrounds[background] = look.shade(self._gx - 0.5, self._gy - 0.5)
+        return self._backgrounds[background]
+
+    def _paint(self, appearance: Appearance, poses: np.ndarray) -> np.ndarray:
+        """Frames (T, size, size, 3) uint8 of the objects at `poses` (T, n, 4) over the background."""
+        size = self.params.size
+        looks = [object_look(self.params.seed, a) for a in appearance.objects]
+        base = self._background(appearance.background)
+        frames = np.empty((len(poses), size, size, 3), np.uint8)
+        for t, frame_poses in enumerate(poses):
+            canvas = base.copy()
+            for look, pose in zip(looks, frame_poses):
+                self._draw(canvas, look, pose)
+            frames[t] = np.clip(np.rint(canvas), 0, 255)
+        return frames
+
+    def _draw(self, canvas: np.ndarray, look: Look, pose: np.ndarray) -> None:
+        """Composite one object at `pose` onto `canvas` (size, size, 3) float32, in place."""
+        x, y, log_scale, angle = (float(v) for v in pose)
+        radius = self.params.object_size * math.exp(log_scale)
+        dx = (self._gx - x) * (1.0 / radius)
+        dy = (self._gy - y) * (1.0 / radius)
+        cos, sin = math.cos(angle), math.sin(angle)
+        u = cos * dx + sin * dy
+        v = cos * dy - sin * dx
+        distance = signed_distance(look.shape, u, v) * (radius * self.params.size)
+        alpha = np.clip(0.5 - distance, 0.0, 1.0)[..., None]
+        canvas += alpha * (look.shade(u, v) - canvas)

@@ -1,0 +1,183 @@
+"""Stage `extract@<dataset>`: encode every kept frame once with the frozen DINOv2 and
+write the patch tokens to a sharded Zarr v3 store.
+
+Work is split by shard: shard k holds frames [k*S, (k+1)*S) of the concatenated
+episodes. Decode workers (a DataLoader) read and resize the frames of upcoming
+shards while the encoder runs; under torchrun, rank r writes shards r, r+N, ...
+Batches are formed inside each shard, so the result does not depend on the number
+of workers or ranks. A killed run resumes at the first unwritten shard; a store
+made under another plan (params, source, encoder, code) is rebuilt from scratch.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline import distributed, store
+from pipeline.config import to_dict
+from pipeline.encoder import EncoderRecord, load_encoder, resize_frames
+from pipeline.params import Params
+from pipeline.progress import track
+from pipeline.provenance import code_version, source_hash
+from pipeline.sources import DatasetParams, Episode, EpisodeError, EpisodeRef, SourceError, build_source
+from stages.prepare import read_manifest
+
+
+def store_path(params: Params, name: str) -> Path:
+    return Path(params.paths.features) / f"{name}.zarr"
+
+
+def failures_path(params: Params, name: str) -> Path:
+    return Path(params.paths.features) / f"{name}.failures.json"
+
+
+class ShardFrames(Dataset):
+    """Item k: the resized pixels, actions and labels of shard k (decoded on a worker)."""
+
+    def __init__(self, ds: DatasetParams, manifest: dict[str, Any], layout: store.Layout, size: int):
+        self.ds, self.layout, self.size = ds, layout, size
+        self.episodes = [EpisodeRef(e["key"], e["origin"]) for e in manifest["episodes"]]
+        self.ends = np.cumsum([e["frames"] for e in manifest["episodes"]])  # (E,)
+        self.source = None  # opened lazily inside each worker, never shared across fork
+
+    def __len__(self) -> int:
+        return self.layout.n_shards
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        self.source = self.source or build_source(self.ds)
+        start, stop = self.layout.shard_range(k)
+        parts = []
+        i = int(np.searchsorted(self.ends, start, side="right"))
+        while i < len(self.episodes) and (ep_start := int(self.ends[i - 1]) if i else 0) < stop:
+            a, b = max(start, ep_start) - ep_start, min(stop, int(self.ends[i])) - ep_start
+            parts.append(self._load(self.episodes[i], a, b))
+            i += 1
+        frames = torch.from_numpy(np.concatenate([p.frames for p in parts]))  # (n, H, W, 3)
+        return {
+            "shard": k,
+            "pixels": resize_frames(frames, self.size),  # (n, 3, S, S)
+            "actions": None if parts[0].actions is None else np.concatenate([p.actions for p in parts]),
+            "labels": {n: np.concatenate([p.labels[n] for p in parts]) for n in parts[0].labels},
+        }
+
+    def _load(self, ref: EpisodeRef, a: int, b: int) -> Episode:
+        try:
+            part = self.source.load(ref, a, b)
+        except EpisodeError as e:
+            raise EpisodeError(e.origin, f"{e.reason} (it read fine during prepare, so the source "
+                               "changed since; run `dila prepare` again)") from e
+        if len(part.frames) != b - a:
+            raise EpisodeError(ref.origin, f"frame-count mismatch: expected kept frames [{a}, {b}), "
+                               f"got {len(part.frames)}; the source changed since `dila prepare`")
+        return part
+
+
+def _plan(params: Params, name: str, manifest: dict[str, Any], record: EncoderRecord,
+          layout: store.Layout) -> dict[str, Any]:
+    """Everything the stored bytes depend on; a store made under another plan is rebuilt."""
+    return {
+        "dataset": name,
+        "source": manifest["source"],
+        "episodes": [[e["key"], e["frames"]] for e in manifest["episodes"]],
+        "encoder": vars(record),
+        "encoder_params": to_dict(params.encoder),
+        "store": to_dict(params.store),
+        "layout": vars(layout),
+        "extract_code_sha256": source_hash(),
+    }
+
+
+def _open_or_create(path: Path, plan: dict[str, Any], manifest: dict[str, Any], layout: store.Layout,
+                    params: Params, record: EncoderRecord) -> str:
+    """Resume a compatible store, or create a fresh one. Returns what was done, for the log."""
+    digest = store.plan_hash(plan)
+    if path.exists():
+        try:
+            attrs = store.store_attrs(store.open_store(path))
+        except store.StoreError:
+            attrs = {}
+        if attrs.get("plan_sha256") == digest:
+            removed = store.remove_partials(path)
+            state = "complete" if attrs.get("complete") else "resuming"
+            return f"{state}: {len(store.done_shards(path))}/{layout.n_shards} shards done, {removed} stale temp files removed"
+    schema = manifest["schema"]
+    ends = np.cumsum([e["frames"] for e in manifest["episodes"]]).astype(np.int64)
+    attrs = {
+        "plan_sha256": digest,
+        "dataset": plan["dataset"],
+        "source": manifest["source"],
+        "encoder": vars(record),
+        "frame_stride": params.dataset(plan["dataset"]).frame_stride,
+        "episodes": [e["key"] for e in manifest["episodes"]],
+        "skipped": manifest["failures"],
+        "code_version": code_version(),
+    }
+    labels = {k: (tuple(v["shape"]), v["dtype"]) for k, v in schema["labels"].items()}
+    store.create_store(path, layout, ends, schema["action_dim"], labels, params.store, attrs)
+    return "created"
+
+
+def _write_failures(params: Params, name: str, manifest: dict[str, Any]) -> None:
+    path = failures_path(params, name)
+    path.write_text(json.dumps({"dataset": name, "skipped": manifest["failures"]}, indent=1) + "\n")
+
+
+def run(params: Params, name: str, show_progress: bool = True) -> Path:
+    """Extract dataset `name` into its feature store; resumable; rank-parallel under torchrun."""
+    d = distributed.init()
+    ds = params.dataset(name)
+    manifest = read_manifest(params, name)
+    fingerprint = build_source(ds).fingerprint()
+    if fingerprint != manifest["source"]["fingerprint"]:
+        raise SourceError(f"{ds.path}: the source changed since `dila prepare {name}`; run it again")
+    encoder = load_encoder(params.encoder, params.seed).to(d.device)
+    n_frames = sum(e["frames"] for e in manifest["episodes"])
+    grid = (encoder.grid, encoder.grid)
+    layout = store.plan_layout(n_frames, grid, encoder.record.dim, params.store)
+    path = store_path(params, name)
+    plan = _plan(params, name, manifest, encoder.record, layout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if d.is_main:
+        print(f"extract {name}: {path} {_open_or_create(path, plan, manifest, layout, params, encoder.record)}")
+    distributed.barrier(d)
+    _encode_shards(path, layout, ShardFrames(ds, manifest, layout, params.encoder.input_size),
+                   encoder, d, params, show_progress)
+    distributed.barrier(d)
+    if d.is_main:
+        if not store.store_attrs(store.open_store(path)).get("complete"):
+            store.finalize(path, layout)
+        _write_failures(params, name, manifest)
+    distributed.barrier(d)
+    return path
+
+
+def _encode_shards(path: Path, layout: store.Layout, frames: ShardFrames, encoder, d, params: Params,
+                   show: bool) -> None:
+    done = store.done_shards(path) if (path / store.PROGRESS).is_dir() else set(range(layout.n_shards))
+    mine = [k for k in range(d.rank, layout.n_shards, d.world) if k not in done]
+    if not mine:
+        return
+    root = store.open_store(path, mode="r+")
+    workers = params.decode.workers
+    loader = DataLoader(frames, batch_size=None, sampler=mine, num_workers=workers,
+                        prefetch_factor=2 if workers else None, pin_memory=d.device.type == "cuda",
+                        collate_fn=_as_is, worker_init_fn=_worker_init)
+    batch = params.encoder.batch_size
+    for item in track(loader, f"extract (rank {d.rank}): shards", len(mine), show and d.is_main):
+        pixels = item["pixels"]  # (n, 3, S, S)
+        tokens = torch.cat([encoder(pixels[i : i + batch].to(d.device, non_blocking=True)).cpu()
+                            for i in range(0, len(pixels), batch)])  # (n, h, w, D)
+        store.write_shard(path, root, layout, item["shard"], tokens.numpy(), item["actions"], item["labels"])
+
+
+def _as_is(item: dict[str, Any]) -> dict[str, Any]:
+    return item
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)

@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests run on CPU with a seeded random-init DINOv2 (no weights can be
+downloaded here); every store they make records that, and the pytest header says so."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pipeline.params import Params, apply_overrides, parse_params, read_yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def pytest_report_header(config):
+    return "encoder in tests: seeded random-init DINOv2 of the real architecture (weights=random), not pretrained"
+
+
+def tiny_overrides(tmp: Path) -> list[str]:
+    """The tiny preset every pipeline test starts from: 6 short synthetic episodes, a 3x3 token grid."""
+    return [
+        f"paths.prepared={tmp}/prepared",
+        f"paths.features={tmp}/features",
+        "encoder.weights=random",
+        "encoder.input_size=42",
+        "encoder.batch_size=8",
+        "store.shard_frames=16",
+        "store.chunk_mb=0.02",
+        "decode.workers=0",
+        "datasets.synthetic.episodes=6",
+        "datasets.synthetic.frames=10",
+        "datasets.synthetic.size=32",
+    ]
+
+
+def make_params(tmp: Path, *extra: str) -> Params:
+    raw = apply_overrides(read_yaml(ROOT / "params.yaml"), tiny_overrides(tmp) + list(extra))
+    return parse_params(raw)
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Params:
+    return make_params(tmp_path)
+
+
+def requires_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared absent)")

@@ -1,0 +1,164 @@
+"""LeRobotSource on v2.x (one file per episode) and v3.0 (concatenated files) fixtures."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.config import ParamsError, build
+from pipeline.sources import build_source, params_class
+from pipeline.sources.base import EpisodeError, LabelSpec, SourceError
+from pipeline.sources.lerobot import LeRobotParams, LeRobotSource
+from tests.pipeline.media import COLOR_TOLERANCE, expected_colors, make_lerobot_v2, make_lerobot_v3, mean_colors
+
+LENGTHS = (6, 9, 5)
+TOP, WRIST = "observation.images.top", "observation.images.wrist"
+
+
+def source(root, **changes) -> LeRobotSource:
+    return LeRobotSource(build(LeRobotParams, {"kind": "lerobot", "path": str(root), **changes}, "datasets.robot"))
+
+
+@pytest.fixture(scope="module", params=["v2.0", "v2.1", "v3.0"])
+def dataset(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param.replace(".", "_"))
+    if request.param == "v3.0":
+        return make_lerobot_v3(root, LENGTHS, episodes_per_file=2)
+    return make_lerobot_v2(root, LENGTHS, version=request.param)
+
+
+def assert_episode(ep, fixture, e, raw, salt=0):
+    ids = fixture.frame_ids[e][raw]
+    np.testing.assert_allclose(mean_colors(ep.frames), expected_colors(ids, salt), atol=COLOR_TOLERANCE)
+    np.testing.assert_array_equal(ep.actions, fixture.actions[e][raw])
+    np.testing.assert_array_equal(ep.actions[:, 0], ids)  # row i goes with frame i
+    np.testing.assert_array_equal(ep.labels["observation.state"], fixture.states[e][raw])
+
+
+def test_params_and_registry(dataset):
+    params = build(LeRobotParams, {"kind": "lerobot", "path": str(dataset.root)}, "d")
+    assert params_class("lerobot") is LeRobotParams
+    assert isinstance(build_source(params), LeRobotSource)
+    assert params.camera is None and params.action_key == "action" and params.labels == ("observation.state",)
+    with pytest.raises(ParamsError, match="d.labels"):
+        build(LeRobotParams, {"kind": "lerobot", "path": "x", "labels": ["action"]}, "d")
+
+
+def test_refs_and_schema(dataset):
+    src = source(dataset.root)
+    refs = src.refs()
+    assert [r.key for r in refs] == ["episode_000000", "episode_000001", "episode_000002"]
+    assert src.camera == TOP  # the first video feature in info.json
+    assert all(TOP in r.origin for r in refs)
+    schema = src.schema()
+    assert schema.action_dim == 2
+    assert schema.labels == {"observation.state": LabelSpec((3,), "float32")}
+    bare = source(dataset.root, action_key=None, labels=["timestamp"]).schema()
+    assert bare.action_dim is None and bare.labels == {"timestamp": LabelSpec((1,), "float32")}
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_episodes_align_frames_actions_and_labels(dataset, decoder):
+    src = source(dataset.root, decoder=decoder)
+    for e, ref in enumerate(src.refs()):
+        ep = src.load(ref)
+        assert ep.frames.shape == (LENGTHS[e], 32, 32, 3) and ep.frames.dtype == np.uint8
+        assert ep.actions.dtype == np.float32
+        assert_episode(ep, dataset, e, np.arange(LENGTHS[e]))
+        assert src.count(ref) == LENGTHS[e]
+
+
+def test_camera_choice(dataset):
+    src = source(dataset.root, camera=WRIST)
+    ref = src.refs()[1]
+    assert WRIST in ref.origin
+    assert_episode(src.load(ref), dataset, 1, np.arange(LENGTHS[1]), salt=1)
+    with pytest.raises(SourceError, match="'observation.images.side' is not a video feature"):
+        source(dataset.root, camera="observation.images.side").refs()
+    with pytest.raises(SourceError, match="no feature 'observation.effort'"):
+        source(dataset.root, labels=["observation.effort"]).schema()
+
+
+def test_stride_max_frames_resize_and_slices(dataset):
+    src = source(dataset.root, frame_stride=2, max_frames=4, resize=[16, 24])
+    ref = src.refs()[1]  # 9 rows: raw 0, 2, 4, 6 kept
+    full = src.load(ref)
+    assert src.count(ref) == 4
+    assert full.frames.shape == (4, 16, 24, 3)
+    np.testing.assert_array_equal(full.actions, dataset.actions[1][[0, 2, 4, 6]])
+    np.testing.assert_array_equal(full.labels["observation.state"], dataset.states[1][[0, 2, 4, 6]])
+    for start, stop in [(0, 4), (1, 3), (3, 4), (0, 1), (2, 2)]:
+        part = src.load(ref, start, stop)
+        np.testing.assert_array_equal(part.frames, full.frames[start:stop])
+        np.testing.assert_array_equal(part.actions, full.actions[start:stop])
+        np.testing.assert_array_equal(part.labels["observation.state"], full.labels["observation.state"][start:stop])
+    with pytest.raises(EpisodeError, match=r"\[2, 5\) but the episode has 4"):
+        src.load(ref, 2, 5)
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_video_shorter_than_rows_is_a_frame_count_mismatch(tmp_path, version, decoder):
+    make = make_lerobot_v3 if version == "v3.0" else make_lerobot_v2
+    fixture = make(tmp_path, LENGTHS, video_lengths=(6, 7, 5), cameras=(TOP,))
+    src = source(tmp_path, decoder=decoder)
+    ok, short = src.refs()[0], src.refs()[1]
+    assert src.count(ok) == 6
+    for call in (src.count, src.load):
+        with pytest.raises(EpisodeError, match="frame-count mismatch: .*has 9 rows for episode 1 but 7 frames decode") as err:
+            call(short)
+        assert err.value.origin == short.origin and str(fixture.root / "videos") in err.value.origin
+        assert "parquet" in str(err.value)
+    assert_episode(src.load(short, 0, 7), fixture, 1, np.arange(7))
+    with pytest.raises(EpisodeError, match="frame-count mismatch: .*the video ends before frame 7"):
+        src.load(short, 5, 9)
+
+
+def test_dataset_errors_name_the_file(tmp_path):
+    with pytest.raises(SourceError, match="LeRobot dataset folder does not exist"):
+        source(tmp_path / "absent").refs()
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(SourceError, match=f"{tmp_path / 'bare' / 'meta' / 'info.json'}: missing"):
+        source(tmp_path / "bare").refs()
+    make_lerobot_v2(tmp_path / "old", (4,), cameras=(TOP,))
+    info_path = tmp_path / "old" / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "codebase_version": "v1.6"}))
+    with pytest.raises(SourceError, match=f"{info_path}: unsupported codebase_version 'v1.6'"):
+        source(tmp_path / "old").refs()
+    make_lerobot_v3(tmp_path / "v3", (4, 3), cameras=(TOP,))
+    (tmp_path / "v3" / "meta" / "episodes" / "chunk-000" / "file-000.parquet").unlink()
+    with pytest.raises(SourceError, match="no chunk-\\*/file-\\*.parquet"):
+        source(tmp_path / "v3").refs()
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_missing_episode_files_are_episode_errors(tmp_path, version):
+    if version == "v3.0":
+        fixture = make_lerobot_v3(tmp_path, (4, 5, 3), cameras=(TOP,), episodes_per_file=1)
+    else:
+        fixture = make_lerobot_v2(tmp_path, (4, 5, 3), cameras=(TOP,))
+    src = source(fixture.root)
+    refs = src.refs()
+    parquet = sorted((fixture.root / "data").rglob("*.parquet"))[1]
+    parquet.unlink()
+    with pytest.raises(EpisodeError, match="parquet file does not exist") as err:
+        src.load(refs[1])
+    assert err.value.origin == str(parquet)
+    video = sorted((fixture.root / "videos").rglob("*.mp4"))[2]
+    video.write_bytes(b"")
+    with pytest.raises(EpisodeError, match=r"empty \(0 bytes\)") as err:
+        src.count(refs[2])
+    assert err.value.origin == str(video)
+    assert src.count(refs[0]) == 4
+
+
+def test_fingerprint(tmp_path):
+    make_lerobot_v3(tmp_path, (4, 3))
+    first = source(tmp_path).fingerprint()
+    assert first == source(tmp_path).fingerprint()
+    assert source(tmp_path, camera=WRIST).fingerprint() != first
+    parquet = tmp_path / "data" / "chunk-000" / "file-000.parquet"
+    parquet.write_bytes(parquet.read_bytes() + b"\0")
+    assert source(tmp_path).fingerprint() != first

@@ -1,0 +1,59 @@
+"""Helpers for stage tests: tiny params files, running the CLI in a subprocess, comparing stores."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+import zarr
+
+from pipeline.params import apply_overrides, read_yaml
+from tests.conftest import ROOT, tiny_overrides
+
+
+def write_params(tmp: Path, *extra: str) -> Path:
+    """A params file for the tiny preset (plus `extra` overrides) in `tmp`."""
+    raw = apply_overrides(read_yaml(ROOT / "params.yaml"), tiny_overrides(tmp) + list(extra))
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def dila(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dila {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    root = zarr.open_group(path, mode="r")
+    return {name: node[:] for name, node in root.members(max_depth=None) if hasattr(node, "shape")}
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    left, right = arrays(a), arrays(b)
+    assert sorted(left) == sorted(right)
+    for name in left:
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+    attrs_a, attrs_b = (dict(zarr.open_group(p, mode="r").attrs["dila"]) for p in (a, b))
+    for attrs in (attrs_a, attrs_b):
+        attrs.pop("code_version")
+    assert attrs_a == attrs_b
+
+
+def shard_mtimes(path: Path) -> dict[str, int]:
+    """Shard files of the tokens array, keyed by their chunk-grid path ("k/0/0/0" for shard k)."""
+    shards = path / "tokens" / "c"
+    return {str(p.relative_to(shards)): p.stat().st_mtime_ns for p in shards.rglob("*") if p.is_file()}
