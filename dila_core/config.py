@@ -8,6 +8,7 @@ it from params.yaml. Each has `validate(where)`, where `where` is the key path
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -40,12 +41,12 @@ def check_ints(cfg: Any, where: str, names: str, low: int = 1) -> None:
 
 def check_float(cfg: Any, where: str, name: str, low: float = 0.0, high: float = float("inf"),
                 high_open: bool = False) -> None:
-    """Field `name` of `cfg` is a number in [low, high] (or [low, high) when high_open)."""
+    """Field `name` of `cfg` is a finite number in [low, high] (or [low, high) when high_open)."""
     value = getattr(cfg, name)
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = number and low <= value and (value < high if high_open else value <= high)
     bracket = ")" if high_open else "]"
-    require(ok, where, name, value, f"a number in [{low}, {high}{bracket}")
+    require(ok, where, name, value, f"a finite number in [{low}, {high}{bracket}")
 
 
 def check_choice(cfg: Any, where: str, name: str, choices: tuple[str, ...]) -> None:

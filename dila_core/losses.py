@@ -48,8 +48,9 @@ class LossConfig:
 
 
 def latent_std(z: Tensor) -> Tensor:
-    """σ_z: std of z (B, T, d_z) over batch and time, per dimension, averaged over dimensions."""
-    return z.flatten(0, -2).std(dim=0).mean()
+    """σ_z: std of z (B, T, d_z) over batch and time, per dimension, averaged over dimensions.
+    Population std (no Bessel correction), so a single transition gives 0 rather than NaN."""
+    return z.flatten(0, -2).std(dim=0, correction=0).mean()
 
 
 def anti_collapse(z: Tensor, scale: float, sharpness: float) -> Tensor:

@@ -90,12 +90,7 @@ class DiLA(nn.Module):
     # -- training ---------------------------------------------------------------------------
     def forward(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Teacher-forced objective on a clip e (B, T >= 2, h, w, D): (loss, logs of every term)."""
-        self._check(e, "e", 2)
-        x = self.backbone(e)                                          # (B, T, h, w, W)
-        s = self.structure(x)                                         # (B, T, h, w, d_s)
-        memory = [m[:, :-1] for m in self.content(x)]                 # [(B, T-1, h, w, d_c)]
-        s_next, loss, logs = self.dynamics(s)                         # (B, T-1, h, w, d_s)
-        e_next = self._decode(s_next, e[:, 0], memory)                # (B, T-1, h, w, D)
+        e_next, loss, logs = self._teacher_forced(e)
         loss_e = F.mse_loss(e_next, e[:, 1:])
         loss = self.cfg.loss.lambda_e * loss_e + loss
         return loss, {"loss": loss.detach(), "L_e": loss_e.detach(), **logs}
@@ -113,6 +108,10 @@ class DiLA(nn.Module):
         return loss, {"loss": loss.detach(), "L_e_rollout": loss_e.detach(), **logs}
 
     # -- inference verbs ----------------------------------------------------------------------
+    def predict(self, e: Tensor) -> Tensor:
+        """Teacher-forced predictions ê_1..ê_{T-1} (B, T-1, h, w, D) of a clip e (B, T >= 2, h, w, D)."""
+        return self._teacher_forced(e)[0]
+
     def infer_actions(self, e: Tensor) -> Tensor:
         """Latent actions of a clip: e (B, T >= 2, h, w, D) -> z (B, T-1, d_z)."""
         self._check(e, "e", 2)
@@ -160,6 +159,15 @@ class DiLA(nn.Module):
         return self._decode(s0, e[:, 0], memory)
 
     # -- internals ------------------------------------------------------------------------------
+    def _teacher_forced(self, e: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """ê_{1:T} (B, T-1, h, w, D), the weighted structure-side loss and its logs."""
+        self._check(e, "e", 2)
+        x = self.backbone(e)                                          # (B, T, h, w, W)
+        s = self.structure(x)                                         # (B, T, h, w, d_s)
+        memory = [m[:, :-1] for m in self.content(x)]                 # [(B, T-1, h, w, d_c)]
+        s_next, loss, logs = self.dynamics(s)                         # (B, T-1, h, w, d_s)
+        return self._decode(s_next, e[:, 0], memory), loss, logs
+
     def _decode(self, s: Tensor, e0: Tensor, memory: list[Tensor]) -> Tensor:
         """Decoder on s (B, T, h, w, d_s) with e0 (B, h, w, D) and memory [(B, T, h, w, d_c)]."""
         first = e0[:, None].expand(-1, s.shape[1], -1, -1, -1)

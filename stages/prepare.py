@@ -3,6 +3,9 @@
 The manifest fixes what the extract stage will store: the episodes that read
 cleanly, in order, with their exact frame counts, and the episodes that did not,
 with the reason and the file. Nothing is copied: sources are read in place.
+The manifest is a pure function of the source and its params (no timestamps, no
+code version), so a fresh clone that re-runs prepare gets the same bytes and DVC
+does not re-run extraction.
 With `strict: true` the first bad episode stops the stage.
 """
 from __future__ import annotations
@@ -16,7 +19,6 @@ from typing import Any
 from pipeline.config import to_dict
 from pipeline.params import Params
 from pipeline.progress import track
-from pipeline.provenance import code_version
 from pipeline.sources import DatasetParams, EpisodeError, EpisodeRef, SourceError, build_source
 
 MANIFEST_FORMAT = "dila-manifest/1"
@@ -70,7 +72,6 @@ def run(params: Params, name: str, show_progress: bool = True) -> dict[str, Any]
         },
         "episodes": episodes,
         "failures": failures,
-        "code_version": code_version(),
     }
     path = manifest_path(params, name)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,8 @@ class LeRobotSource(Source):
         try:
             return self.root / self.info[key].format(**fields)
         except (KeyError, IndexError, ValueError) as err:
-            raise SourceError(f"{self.root / 'meta' / 'info.json'}: cannot fill {key} {self.info[key]!r} ({err})") from err
+            where = self.root / "meta" / "info.json"
+            raise SourceError(f"{where}: cannot fill {key} {self.info[key]!r} ({err})") from err
 
     def _episodes_v2(self) -> list[_EpisodeFiles]:
         path = self.root / "meta" / "episodes.jsonl"
@@ -210,7 +211,7 @@ class LeRobotSource(Source):
             raise EpisodeError(ref.origin, f"episode {ref.key!r} is not listed in {self.root / 'meta'}")
         return ep
 
-    def _rows(self, ref: EpisodeRef, ep: _EpisodeFiles) -> tuple[np.ndarray | None, dict[str, np.ndarray], int]:
+    def _rows(self, ep: _EpisodeFiles) -> tuple[np.ndarray | None, dict[str, np.ndarray], int]:
         """Actions, labels and row count of the episode, ordered by frame_index."""
         wanted = ([self.params.action_key] if self.params.action_key else []) + list(self.params.labels)
         columns = ["frame_index", *wanted] + (["episode_index"] if ep.window is not None else [])
@@ -247,7 +248,7 @@ class LeRobotSource(Source):
 
     def count(self, ref: EpisodeRef) -> int:
         ep = self._files(ref)
-        _, _, n = self._rows(ref, ep)
+        _, _, n = self._rows(ep)
         total = decode(ep.video, [], window=ep.window, through=True, decoder=self.params.decoder).total
         if total != n:
             raise self._mismatch(ref, ep, n, f"{total} frames decode")
@@ -258,7 +259,7 @@ class LeRobotSource(Source):
         end and its frame count checked against the rows; otherwise decoding stops at the
         last requested frame."""
         ep = self._files(ref)
-        actions, labels, n = self._rows(ref, ep)
+        actions, labels, n = self._rows(ep)
         raw = kept_raw(n, self.params, start, stop, ref.origin)
         through = stop is None
         got = decode(ep.video, raw_slice(raw, self.params.frame_stride), window=ep.window, through=through,

@@ -76,6 +76,9 @@ class PushTSource(Source):
         self.root = Path(params.path)
         self._layout_cache: _Layout | None = None
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_layout_cache": None}  # workers open their own arrays
+
     def _layout(self) -> _Layout:
         """Arrays opened in this process (never reused across a fork) and checked once."""
         cached = self._layout_cache
@@ -98,7 +101,8 @@ class PushTSource(Source):
         labels = {label_name(k): self._array(group, k) for k in p.label_keys}
         for key, arr in [(p.action_key, actions), *zip(p.label_keys, labels.values())]:
             if arr is not None and (arr.ndim == 0 or arr.shape[0] != n):
-                raise SourceError(f"{store}: {key} has {arr.shape[0] if arr.ndim else 0} rows but {p.image_key} has {n}")
+                rows = arr.shape[0] if arr.ndim else 0
+                raise SourceError(f"{store}: {key} has {rows} rows but {p.image_key} has {n}")
         ends = self._episode_ends(group, n)
         self._layout_cache = _Layout(os.getpid(), images, actions, labels, ends)
         return self._layout_cache
@@ -141,7 +145,9 @@ class PushTSource(Source):
     def schema(self) -> Schema:
         layout = self._layout()
         action_dim = None if layout.actions is None else int(layout.actions.shape[1])
-        labels = {name: LabelSpec(tuple(arr.shape[1:]), np.dtype(arr.dtype).name) for name, arr in layout.labels.items()}
+        labels = {
+            name: LabelSpec(tuple(arr.shape[1:]), np.dtype(arr.dtype).name) for name, arr in layout.labels.items()
+        }
         return Schema(action_dim=action_dim, labels=labels)
 
     def count(self, ref: EpisodeRef) -> int:

@@ -121,30 +121,32 @@ def _decord():
     return module
 
 
-def _decord_open(path: Path):
+def _decord_reader(path: Path):
+    """A decord VideoReader; decord's own exceptions pass through."""
     decord = _decord()
     if decord is None:
         raise SourceError("decoder 'decord' was requested but the decord package cannot be imported")
+    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+
+
+def _decord_open(path: Path):
     try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        return _decord_reader(path)
+    except SourceError:
+        raise
     except Exception as err:  # decord raises DECORDError / RuntimeError without a common base
-        # PyAV names the problem more clearly; when PyAV can start reading, the damage is further in
-        reason = _pyav_diagnosis(path) or f"corrupt or truncated video: decord cannot open it ({_first_line(err)})"
-        raise EpisodeError(str(path), reason) from err
+        raise EpisodeError(str(path), _decord_failure(path, err)) from err
 
 
-def _pyav_diagnosis(path: Path) -> str | None:
-    """Why PyAV finds the file unusable (no container, no stream, no first frame), or None."""
+def _decord_failure(path: Path, err: Exception) -> str:
+    """Why decord cannot open `path`: PyAV's reason when PyAV finds the file broken too
+    (it names the problem more clearly), else decord's own complaint."""
     try:
-        with _pyav_open(path) as container:
-            next(iter(container.decode(container.streams.video[0])))
-    except EpisodeError as err:
-        return err.reason
-    except StopIteration:
-        return "the video contains no decodable frames"
-    except av.FFmpegError as err:
-        return f"corrupt video: its first frame does not decode (PyAV: {_first_line(err)})"
-    return None
+        _, total, _ = _pyav_decode(path, _Pick.of([]), None, through=True)
+        _check_total(path, total)
+    except EpisodeError as pyav_err:
+        return pyav_err.reason
+    return f"decord cannot read this file ({_first_line(err)}); PyAV can: use decoder 'auto' or 'pyav'"
 
 
 _NATIVE_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
@@ -160,8 +162,8 @@ def _auto_choice(path: str, size: int, mtime_ns: int) -> str:
     if _decord() is None:
         return "pyav"
     try:
-        return "decord" if len(_decord_open(Path(path))) > 0 else "pyav"
-    except EpisodeError:
+        return "decord" if len(_decord_reader(Path(path))) > 0 else "pyav"
+    except Exception:  # whatever decord cannot open goes to PyAV
         return "pyav"
 
 
@@ -181,7 +183,8 @@ def _pyav_open(path: Path):
     try:
         container = av.open(str(path))
     except av.error.EOFError as err:
-        raise EpisodeError(str(path), f"the container ends before any video data (no frames): {_first_line(err)}") from err
+        reason = f"the container ends before any video data (no frames): {_first_line(err)}"
+        raise EpisodeError(str(path), reason) from err
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
         raise EpisodeError(str(path), f"cannot open the video (PyAV): {_first_line(err)}") from err
     if not container.streams.video:

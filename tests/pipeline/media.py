@@ -207,20 +207,30 @@ def _episode_tables(episode_lengths, action_dim, state_dim):
 
 
 def _info(version, fps, size, cameras, action_dim, state_dim, lengths, data_path, video_path) -> dict:
+    video_info = {"video.fps": fps, "video.codec": "h264", "video.pix_fmt": "yuv420p"}
     features = {
-        cam: {"dtype": "video", "shape": [*size, 3], "names": ["height", "width", "channel"],
-              "info": {"video.fps": fps, "video.codec": "h264", "video.pix_fmt": "yuv420p"}}
+        cam: {"dtype": "video", "shape": [*size, 3], "names": ["height", "width", "channel"], "info": video_info}
         for cam in cameras
     }
     features["observation.state"] = {"dtype": "float32", "shape": [state_dim], "names": None}
     features["action"] = {"dtype": "float32", "shape": [action_dim], "names": None}
-    for name, dtype in [("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                        ("index", "int64"), ("task_index", "int64")]:
+    scalars = [("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
+               ("index", "int64"), ("task_index", "int64")]
+    for name, dtype in scalars:
         features[name] = {"dtype": dtype, "shape": [1], "names": None}
-    return {"codebase_version": version, "robot_type": "test", "total_episodes": len(lengths),
-            "total_frames": int(sum(lengths)), "total_tasks": 1, "chunks_size": 1000, "fps": fps,
-            "splits": {"train": f"0:{len(lengths)}"}, "data_path": data_path, "video_path": video_path,
-            "features": features}
+    return {
+        "codebase_version": version,
+        "robot_type": "test",
+        "total_episodes": len(lengths),
+        "total_frames": int(sum(lengths)),
+        "total_tasks": 1,
+        "chunks_size": 1000,
+        "fps": fps,
+        "splits": {"train": f"0:{len(lengths)}"},
+        "data_path": data_path,
+        "video_path": video_path,
+        "features": features,
+    }
 
 
 def _data_table(episode_index: int, first_row: int, actions: np.ndarray, states: np.ndarray, fps: int):
@@ -320,21 +330,34 @@ def make_lerobot_v3(
                         color_frames(ids, size, salt=c), fps=fps)
         rows, t = [], 0.0
         for e in members:
-            row = {"episode_index": e, "tasks": ["push the block"], "length": int(episode_lengths[e]),
-                   "data/chunk_index": 0, "data/file_index": f, "dataset_from_index": int(starts[e]),
-                   "dataset_to_index": int(starts[e + 1]), "meta/episodes/chunk_index": 0,
-                   "meta/episodes/file_index": f}
-            for cam in cameras:
-                row.update({f"videos/{cam}/chunk_index": 0, f"videos/{cam}/file_index": f,
-                            f"videos/{cam}/from_timestamp": t,
-                            f"videos/{cam}/to_timestamp": t + video_lengths[e] / fps})
+            rows.append(_episode_row(e, f, episode_lengths[e], int(starts[e]), cameras, t, video_lengths[e] / fps))
             t += video_lengths[e] / fps
-            rows.append(row)
         meta_out = root / "meta" / "episodes" / "chunk-000" / f"file-{f:03d}.parquet"
         meta_out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(rows), meta_out)
     pq.write_table(pa.table({"task_index": [0], "task": ["push the block"]}), root / "meta" / "tasks.parquet")
     return LeRobotFixture(root, tuple(cameras), actions, states, frame_ids)
+
+
+def _episode_row(e, file_index, length, first_row, cameras, from_s, duration_s) -> dict:
+    """One row of a v3 meta/episodes table (every file in chunk 0)."""
+    row = {
+        "episode_index": e,
+        "tasks": ["push the block"],
+        "length": int(length),
+        "data/chunk_index": 0,
+        "data/file_index": file_index,
+        "dataset_from_index": first_row,
+        "dataset_to_index": first_row + int(length),
+        "meta/episodes/chunk_index": 0,
+        "meta/episodes/file_index": file_index,
+    }
+    for cam in cameras:
+        row[f"videos/{cam}/chunk_index"] = 0
+        row[f"videos/{cam}/file_index"] = file_index
+        row[f"videos/{cam}/from_timestamp"] = from_s
+        row[f"videos/{cam}/to_timestamp"] = from_s + duration_s
+    return row
 
 
 def _write_json(path: Path, payload: dict) -> None:

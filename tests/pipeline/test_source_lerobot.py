@@ -106,7 +106,8 @@ def test_video_shorter_than_rows_is_a_frame_count_mismatch(tmp_path, version, de
     ok, short = src.refs()[0], src.refs()[1]
     assert src.count(ok) == 6
     for call in (src.count, src.load):
-        with pytest.raises(EpisodeError, match="frame-count mismatch: .*has 9 rows for episode 1 but 7 frames decode") as err:
+        reason = "frame-count mismatch: .*has 9 rows for episode 1 but 7 frames decode"
+        with pytest.raises(EpisodeError, match=reason) as err:
             call(short)
         assert err.value.origin == short.origin and str(fixture.root / "videos") in err.value.origin
         assert "parquet" in str(err.value)

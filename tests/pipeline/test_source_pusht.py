@@ -1,6 +1,7 @@
 """PushTSource: the diffusion-policy replay buffer (fixture and, when present, the real store)."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,9 @@ def test_episodes_round_trip(store):
         np.testing.assert_array_equal(ep.labels["keypoint"], arrays["data/keypoint"][rows])
         begin += length
     assert tuple(src.load(src.refs()[0]).frames[0, 0, 0]) == (0, 255, 255)  # -2, 255.6, 300 clipped
+    clone = pickle.loads(pickle.dumps(src))  # as shipped to a worker: reopens its arrays
+    assert clone._layout_cache is None
+    np.testing.assert_array_equal(clone.load(clone.refs()[2]).frames, src.load(src.refs()[2]).frames)
 
 
 def test_stride_max_frames_resize_and_slices(store):
@@ -164,6 +168,7 @@ def test_real_pusht_store_read_in_place():
     raw = zarr.open_group(str(REAL), mode="r")["data/img"][0:3]
     np.testing.assert_array_equal(ep.frames[:3], as_uint8(raw))
     last = src.load(refs[-1], 0, 4)
-    np.testing.assert_array_equal(last.actions, zarr.open_group(str(REAL), mode="r")["data/action"][ends[-2] : ends[-2] + 4])
+    actions = zarr.open_group(str(REAL), mode="r")["data/action"]
+    np.testing.assert_array_equal(last.actions, actions[ends[-2] : ends[-2] + 4])
     assert src.fingerprint() == fingerprint
     assert before == {f: f.stat().st_mtime_ns for f in REAL.rglob("*") if f.is_file()}

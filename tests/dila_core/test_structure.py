@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from dila_core.layers import ResidualMLP, ResidualMLPConfig
+from dila_core.st_transformer import STConfig
+from dila_core.structure import FDM, IDM, FDMConfig, IDMConfig
+
+# Axes: B batch, T time, h x w grid, d_s structure size, d_z latent action size.
+
+
+def fdm_config() -> FDMConfig:
+    st = STConfig(width=16, depth=2, heads=2, head_dim=8, ffn_hidden=24, bias_hidden=8, dropout=0.0,
+                  layout="space-time-ffn")
+    return FDMConfig(st=st, head_hidden=8)
+
+
+def jitter(module: torch.nn.Module, scale: float = 0.1) -> None:
+    """Move every parameter off its (possibly zero) initial value."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+def test_residual_mlp_maps_every_token():
+    torch.manual_seed(0)
+    mlp = ResidualMLP(ResidualMLPConfig(hidden=20, depth=2), 12, 5)
+    x = torch.randn(2, 3, 4, 4, 12)
+    y = mlp(x)
+    assert y.shape == (2, 3, 4, 4, 5)
+    torch.testing.assert_close(mlp(x[1, 2, 3, 1]), y[1, 2, 3, 1])
+
+
+@pytest.mark.parametrize(("grid", "steps"), [((8, 8), 3), ((4, 4), 1), ((6, 5), 2)])
+def test_idm_shapes_on_any_grid_and_length(grid, steps):
+    torch.manual_seed(1)
+    idm = IDM(IDMConfig(channels=(8, 16, 16), blocks=(1, 1, 0), groups=4, head_hidden=12), d_s=6, out_dim=7)
+    r = idm(torch.randn(2, steps, *grid, 6))
+    assert r.shape == (2, steps, 7) and torch.isfinite(r).all()
+
+
+def test_idm_downsamples_space_not_time_and_is_bidirectional():
+    torch.manual_seed(2)
+    idm = IDM(IDMConfig(channels=(8, 8, 16), blocks=(1, 1, 1), groups=4, head_hidden=12), d_s=4, out_dim=3).eval()
+    ds = torch.randn(1, 5, 4, 4, 4)
+    assert idm.body(ds.permute(0, 4, 1, 2, 3)).shape == (1, 16, 5, 1, 1)
+    changed = ds.clone()
+    changed[:, 3] += torch.randn_like(changed[:, 3])
+    diff = (idm(ds) - idm(changed)).abs().amax(-1)[0]                            # (T,)
+    assert diff[2] > 1e-5 and diff[3] > 1e-5 and diff[4] > 1e-5  # sees the past and the future
+
+
+def test_fdm_update_is_exactly_zero_at_init():
+    torch.manual_seed(3)
+    fdm = FDM(fdm_config(), (3, 3), d_s=4, d_z=5)
+    update = fdm(torch.randn(2, 4, 3, 3, 4), torch.randn(2, 4, 5))
+    assert update.shape == (2, 4, 3, 3, 4)
+    assert torch.all(update == 0)
+
+
+def test_fdm_is_causal_and_uses_the_latent_action():
+    torch.manual_seed(4)
+    fdm = FDM(fdm_config(), (3, 3), d_s=4, d_z=5).eval()
+    jitter(fdm)
+    s, z = torch.randn(2, 5, 3, 3, 4), torch.randn(2, 5, 5)
+    base = fdm(s, z)
+    for k in range(5):
+        s2, z2 = s.clone(), z.clone()
+        s2[:, k] += torch.randn_like(s2[:, k])
+        z2[:, k] += torch.randn_like(z2[:, k])
+        for out in (fdm(s2, z), fdm(s, z2)):
+            torch.testing.assert_close(out[:, :k], base[:, :k], rtol=0, atol=0)
+            assert (out[:, k] - base[:, k]).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize(("cfg", "message"), [
+    (IDMConfig(channels=(8, 12), blocks=(1, 1), groups=8, head_hidden=4), r"idm\.groups = 8 is not allowed"),
+    (IDMConfig(channels=(8, 16), blocks=(1,), groups=4, head_hidden=4), r"idm\.blocks = \(1,\) is not allowed"),
+    (IDMConfig(channels=(), blocks=(), groups=4, head_hidden=4), r"idm\.channels = \(\) is not allowed"),
+])
+def test_idm_config_errors_name_the_key(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        cfg.validate("idm")
+
+
+def test_fdm_config_error_names_nested_key():
+    cfg = FDMConfig(st=fdm_config().st, head_hidden=0)
+    with pytest.raises(ValueError, match=r"model\.fdm\.head_hidden = 0 is not allowed"):
+        cfg.validate("model.fdm")

@@ -1,0 +1,113 @@
+"""The DVC pipeline: dvc.yaml agrees with params.yaml and the code, `dvc repro` runs stage one,
+and a local-directory remote round-trips one dataset's features into a fresh clone."""
+from __future__ import annotations
+
+import filecmp
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from pipeline.params import apply_overrides, read_yaml
+from pipeline.provenance import EXTRACT_CODE
+from tests.conftest import ROOT, tiny_overrides
+from tests.stages.helpers import cli_env
+
+GIT = ["git", "-c", "user.name=dila-test", "-c", "user.email=test@dila.invalid", "-c", "init.defaultBranch=main"]
+
+
+def sh(*args, cwd):
+    env = {**cli_env(), "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def test_extract_stage_code_deps_match_the_plan_hash():
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["extract"]["do"]
+    code = [d for d in stage["deps"] if not d.startswith("${")]
+    assert sorted(code) == sorted(EXTRACT_CODE)
+
+
+def test_every_dvc_path_comes_from_params():
+    text = (ROOT / "dvc.yaml").read_text()
+    assert "data/" not in text  # paths live in params.yaml only
+    params = read_yaml(ROOT / "params.yaml")
+    assert {"prepared", "features"} <= set(params["paths"])
+
+
+def make_repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for part in ("pipeline", "stages"):
+        shutil.copytree(ROOT / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    relative = [o for o in tiny_overrides(tmp_path) if not o.startswith("paths.")]
+    (repo / "params.yaml").write_text(yaml.safe_dump(apply_overrides(read_yaml(ROOT / "params.yaml"), relative)))
+    sh(*GIT, "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "config", "core.analytics", "false", cwd=repo)
+    sh(*GIT, "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "project", cwd=repo)
+    return repo
+
+
+@pytest.mark.slow
+def test_repro_push_pull_into_a_fresh_clone(tmp_path):
+    repo = make_repo(tmp_path)
+    out = sh("dvc", "repro", cwd=repo)
+    assert "Running stage 'prepare@synthetic'" in out and "Running stage 'extract@synthetic'" in out
+    sh("dila", "verify", "data/features/synthetic.zarr", cwd=repo)
+    assert "Running stage" not in sh("dvc", "repro", cwd=repo)  # a re-run is a no-op
+
+    sh("dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=repo)
+    sh(*GIT, "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "features", cwd=repo)
+    sh("dvc", "push", cwd=repo)
+
+    clone = tmp_path / "clone"
+    sh(*GIT, "clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    sh("dvc", "pull", "extract@synthetic", cwd=clone)
+    store = "data/features/synthetic.zarr"
+    compare = filecmp.dircmp(repo / store, clone / store)
+    assert not _differences(compare), _differences(compare)
+    out = sh("dvc", "repro", cwd=clone)
+    assert "Running stage 'extract@synthetic'" not in out, out
+    sh("dila", "verify", store, cwd=clone)
+
+
+def _differences(cmp: filecmp.dircmp) -> list[str]:
+    """Files that differ (byte by byte) or exist on one side only, recursively."""
+    _, mismatch, errors = filecmp.cmpfiles(cmp.left, cmp.right, cmp.common_files, shallow=False)
+    found = [*cmp.left_only, *cmp.right_only, *mismatch, *errors]
+    for sub in cmp.subdirs.values():
+        found += _differences(sub)
+    return found
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci_last = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line.strip()][-1]
+    assert f"```bash\n{ci_last}\n```" in readme
+
+
+@pytest.mark.slow
+def test_readme_offline_main_job_on_default_params(tmp_path):
+    """`dvc exp run -S encoder.weights=random` from the README, on the default synthetic data."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for part in ("pipeline", "stages"):
+        shutil.copytree(ROOT / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    sh(*GIT, "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh(*GIT, "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "project", cwd=repo)
+    sh(*GIT, "config", "user.name", "dila-test", cwd=repo)
+    sh(*GIT, "config", "user.email", "test@dila.invalid", cwd=repo)
+    sh("dvc", "exp", "run", "-S", "encoder.weights=random", cwd=repo)
+    out = sh("dila", "info", "data/features/synthetic.zarr", cwd=repo)
+    assert "random-init (seed 0)" in out and "(2048, 8, 8, 384)" in out
+    sh("dila", "verify", "data/features/synthetic.zarr", cwd=repo)
