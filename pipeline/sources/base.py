@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import check
+from pipeline.config import check, to_dict
 
 
 class SourceError(RuntimeError):
@@ -174,3 +178,42 @@ def apply_resize(frames: np.ndarray, params: DatasetParams) -> np.ndarray:
 def replace(params: DatasetParams, **changes) -> DatasetParams:
     """A copy of `params` with some fields changed (tests use it)."""
     return dataclasses.replace(params, **changes)
+
+
+def kept_raw(n_raw: int, params: DatasetParams, start: int, stop: int | None, origin: str) -> np.ndarray:
+    """Raw indices of kept frames [start, stop) of an episode with n_raw raw frames.
+
+    stop=None means all kept frames from `start`. A range past the last kept frame is
+    an EpisodeError naming `origin`.
+    """
+    kept = kept_indices(n_raw, params)
+    stop = len(kept) if stop is None else stop
+    if start < 0 or stop < start:
+        raise ValueError(f"{origin}: need 0 <= start <= stop, got start={start}, stop={stop}")
+    if stop > len(kept):
+        raise EpisodeError(origin, f"asked for kept frames [{start}, {stop}) but the episode has {len(kept)}")
+    return kept[start:stop]
+
+
+def raw_slice(raw: np.ndarray, stride: int) -> slice:
+    """The raw indices `raw` (an arithmetic progression with step `stride`) as a slice."""
+    if len(raw) == 0:
+        return slice(0, 0, stride)
+    return slice(int(raw[0]), int(raw[-1]) + 1, stride)
+
+
+def fingerprint_files(params: DatasetParams, root: Path, files: Sequence[Path], contents=lambda p: False) -> str:
+    """sha256 over the params and each file's path relative to `root`, size and mtime
+    (and its bytes where `contents(path)` is true). A missing file is recorded as missing."""
+    digest = hashlib.sha256(json.dumps(to_dict(params), sort_keys=True).encode())
+    for f in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        rel = f.relative_to(root).as_posix()
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            digest.update(f"{rel}\0missing\n".encode())
+            continue
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        if contents(f):
+            digest.update(f.read_bytes())
+    return digest.hexdigest()

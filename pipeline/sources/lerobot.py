@@ -42,9 +42,12 @@ from pipeline.sources.base import (
     Source,
     SourceError,
     apply_resize,
+    fingerprint_files,
     kept_indices,
+    kept_raw,
+    raw_slice,
 )
-from pipeline.sources.video import TimeWindow, decode, fingerprint_files, kept_raw, raw_slice
+from pipeline.sources.video import TimeWindow, decode
 
 V2_VERSIONS = ("v2.0", "v2.1")
 V3_VERSIONS = ("v3.0",)

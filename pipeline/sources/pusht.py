@@ -26,9 +26,11 @@ from pipeline.sources.base import (
     Source,
     SourceError,
     apply_resize,
+    fingerprint_files,
     kept_indices,
+    kept_raw,
+    raw_slice,
 )
-from pipeline.sources.video import fingerprint_files, kept_raw, raw_slice
 
 _METADATA_FILES = {".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json"}
 

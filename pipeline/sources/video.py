@@ -19,9 +19,7 @@ frames, a header frame count that disagrees with what decodes) raises
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -31,8 +29,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.config import to_dict
-from pipeline.sources.base import DatasetParams, EpisodeError, SourceError, kept_indices
+from pipeline.sources.base import EpisodeError, SourceError
 
 DECODERS = ("auto", "decord", "pyav")
 _BATCH = 32  # frames per decord get_batch call
@@ -360,45 +357,3 @@ def read_time_range(
     if not stop_s > start_s:
         raise ValueError(f"time range must have stop_s > start_s, got [{start_s}, {stop_s})")
     return decode(path, frames, window=TimeWindow(float(start_s), float(stop_s)), through=through, decoder=decoder)
-
-
-# Helpers the sources share (frame selection and fingerprints).
-
-
-def kept_raw(n_raw: int, params: DatasetParams, start: int, stop: int | None, origin: str) -> np.ndarray:
-    """Raw indices of kept frames [start, stop) of an episode with n_raw raw frames.
-
-    stop=None means all kept frames from `start`. A range past the last kept frame is
-    an EpisodeError naming `origin`.
-    """
-    kept = kept_indices(n_raw, params)
-    stop = len(kept) if stop is None else stop
-    if start < 0 or stop < start:
-        raise ValueError(f"{origin}: need 0 <= start <= stop, got start={start}, stop={stop}")
-    if stop > len(kept):
-        raise EpisodeError(origin, f"asked for kept frames [{start}, {stop}) but the episode has {len(kept)}")
-    return kept[start:stop]
-
-
-def raw_slice(raw: np.ndarray, stride: int) -> slice:
-    """The raw indices `raw` (an arithmetic progression with step `stride`) as a slice."""
-    if len(raw) == 0:
-        return slice(0, 0, stride)
-    return slice(int(raw[0]), int(raw[-1]) + 1, stride)
-
-
-def fingerprint_files(params: DatasetParams, root: Path, files: Sequence[Path], contents=lambda p: False) -> str:
-    """sha256 over the params and each file's path relative to `root`, size and mtime
-    (and its bytes where `contents(path)` is true). A missing file is recorded as missing."""
-    digest = hashlib.sha256(json.dumps(to_dict(params), sort_keys=True).encode())
-    for f in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
-        rel = f.relative_to(root).as_posix()
-        try:
-            st = f.stat()
-        except FileNotFoundError:
-            digest.update(f"{rel}\0missing\n".encode())
-            continue
-        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        if contents(f):
-            digest.update(f.read_bytes())
-    return digest.hexdigest()

@@ -20,9 +20,10 @@ from pipeline.sources.base import (
     Source,
     SourceError,
     apply_resize,
+    fingerprint_files,
     kept_indices,
 )
-from pipeline.sources.video import count_frames, decode, fingerprint_files, resolve_decoder
+from pipeline.sources.video import count_frames, decode, resolve_decoder
 
 
 @dataclass(frozen=True)

@@ -164,24 +164,3 @@ def test_truncated_file_reads_its_intact_head(tmp_path, decoder):
     assert_colors(head.frames, range(6))
     with pytest.raises(EpisodeError, match="frame 15 was requested"):
         video.read_frames(path, [15], decoder=decoder)
-
-
-def test_shared_helpers(tmp_path):
-    from pipeline.sources.base import DatasetParams
-
-    params = DatasetParams(kind="video_folder", path=str(tmp_path), frame_stride=3, max_frames=4)
-    raw = video.kept_raw(20, params, 1, 3, "here")
-    np.testing.assert_array_equal(raw, [3, 6])
-    assert video.raw_slice(raw, 3) == slice(3, 7, 3)
-    np.testing.assert_array_equal(video.kept_raw(20, params, 2, None, "here"), [6, 9])
-    with pytest.raises(EpisodeError, match=r"\[2, 5\) but the episode has 4"):
-        video.kept_raw(20, params, 2, 5, "here")
-    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(b"1")
-    b.write_bytes(b"22")
-    first = video.fingerprint_files(params, tmp_path, [a, b])
-    assert first == video.fingerprint_files(params, tmp_path, [b, a])
-    b.write_bytes(b"333")
-    assert video.fingerprint_files(params, tmp_path, [a, b]) != first
-    other = DatasetParams(kind="video_folder", path=str(tmp_path), frame_stride=2, max_frames=4)
-    assert video.fingerprint_files(other, tmp_path, [a, b]) != video.fingerprint_files(params, tmp_path, [a, b])
