@@ -36,12 +36,16 @@ class SpatialBias(nn.Module):
         ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()                                         # (N,)
         index = (ys[:, None] - ys[None] + h - 1) * (2 * w - 1) + (xs[:, None] - xs[None] + w - 1)
+        distance = ((ys[:, None] - ys[None]) ** 2 + (xs[:, None] - xs[None]) ** 2).float().sqrt()
         self.register_buffer("table", table.reshape(-1, 2), persistent=False)      # (R, 2)
         self.register_buffer("index", index, persistent=False)                     # (N, N)
+        self.register_buffer("distance", distance, persistent=False)               # (N, N)
         self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads, bias=False))
+        self.slopes = nn.Parameter(4.0 * 2.0 ** -torch.arange(heads, dtype=torch.float32))
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         bias = self.mlp(self.table)[self.index].permute(2, 0, 1)                   # (heads, N, N)
+        bias = bias - self.slopes[:, None, None] * self.distance
         bias = F.pad(bias, (0, self.extra, 0, self.extra))                         # (heads, N+E, N+E)
         return q, k, bias.to(q.dtype)
 

@@ -9,6 +9,7 @@ allowed. Range checks live in each dataclass's `validate()`, which uses
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -73,7 +74,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         args = [a for a in get_args(tp) if a is not Ellipsis]
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
+    if origin in (dict, collections.abc.Mapping):
         if not isinstance(value, dict):
             raise bad
         _, vtype = get_args(tp)

@@ -8,7 +8,8 @@ the key, the value and what is allowed.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Mapping
@@ -28,6 +29,8 @@ class PathsParams:
 
     prepared: str = "data/prepared"
     features: str = "data/features"
+    models: str = "data/models"
+    eval: str = "data/eval"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,134 @@ class DecodeParams:
 
 
 @dataclass(frozen=True)
+class ModelParams:
+    """The world model: a named size preset of dila_core (paper | small | tiny). The token grid
+    and width come from the feature store, so any encoder size works with any preset."""
+
+    preset: Literal["paper", "small", "tiny"] = "small"
+
+
+@dataclass(frozen=True)
+class VariantParams:
+    """One trained model: DiLA or a pathway ablation, with a latent-action bottleneck."""
+
+    variant: Literal["dila", "no_content", "no_latent_action"] = "dila"
+    bottleneck: Literal["continuous", "gaussian", "nsvq"] = "continuous"
+
+
+@dataclass(frozen=True)
+class OptimParams:
+    """AdamW with gradient clipping and an optional schedule (cosine decays to 0 after warm-up)."""
+
+    lr: float = 3e-4
+    weight_decay: float = 1e-5
+    grad_clip: float = 6.0
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = 0
+
+    def validate(self, where: str) -> None:
+        check(self.lr > 0, f"{where}.lr", self.lr, "a number > 0")
+        check(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "a number >= 0")
+        check(self.grad_clip > 0, f"{where}.grad_clip", self.grad_clip, "a number > 0")
+        check(self.warmup_steps >= 0, f"{where}.warmup_steps", self.warmup_steps, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Phase 1, teacher forcing, on windows of `seq_len` kept frames `frame_skip` apart.
+
+    dataset: a key of `datasets:` whose feature store the models train on.
+    val_fraction: share of episodes held out (split by episode, seeded) for validation,
+        rollouts and probes. batch_size is global (split over torchrun ranks).
+    """
+
+    dataset: str = "synthetic"
+    seq_len: int = 8
+    frame_skip: int = 1
+    batch_size: int = 8
+    steps: int = 1000
+    val_fraction: float = 0.125
+    val_every: int = 250
+    val_batches: int = 4
+    checkpoint_every: int = 250
+    log_every: int = 25
+    workers: int = 1
+    optim: OptimParams = OptimParams()
+
+    def validate(self, where: str) -> None:
+        for name in ("seq_len", "frame_skip", "batch_size", "steps", "val_every", "val_batches",
+                     "checkpoint_every", "log_every"):
+            check(getattr(self, name) >= (2 if name == "seq_len" else 1), f"{where}.{name}", getattr(self, name),
+                  "an integer >= 2" if name == "seq_len" else "an integer >= 1")
+        check(0 < self.val_fraction < 1, f"{where}.val_fraction", self.val_fraction, "a number in (0, 1)")
+        check(self.workers >= 0, f"{where}.workers", self.workers, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Phase 2, latent-rollout fine-tuning from the phase-1 weights (windows as in train)."""
+
+    steps: int = 200
+    checkpoint_every: int = 100
+    optim: OptimParams = OptimParams(lr=1e-4, schedule="constant")
+
+    def validate(self, where: str) -> None:
+        check(self.steps >= 1, f"{where}.steps", self.steps, "an integer >= 1")
+        check(self.checkpoint_every >= 1, f"{where}.checkpoint_every", self.checkpoint_every, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class PixelDecoderParams:
+    """A small decoder from cached tokens back to frames (image grids, SSIM, LPIPS)."""
+
+    size: int = 64
+    width: int = 64
+    steps: int = 1500
+    batch_size: int = 32
+    checkpoint_every: int = 500
+    optim: OptimParams = OptimParams(lr=1e-3)
+
+    def validate(self, where: str) -> None:
+        for name in ("size", "width", "steps", "batch_size", "checkpoint_every"):
+            check(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class RolloutParams:
+    """Autoregressive rollouts of held-out episodes: `context` true frames, then `horizon` steps."""
+
+    horizon: int = 16
+    context: int = 1
+    episodes: int = 8
+
+    def validate(self, where: str) -> None:
+        check(self.horizon >= 1, f"{where}.horizon", self.horizon, "an integer >= 1")
+        check(self.context >= 1, f"{where}.context", self.context, "an integer >= 1")
+        check(self.episodes >= 1, f"{where}.episodes", self.episodes, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """probe_alpha: ridge penalty of the linear probe z -> true actions; probe_datasets: feature
+    stores (keys of `datasets:`) on which to probe every variant (out of domain unless it is
+    train.dataset)."""
+
+    probe_alpha: float = 1.0
+    probe_datasets: tuple[str, ...] = ("synthetic",)
+
+    def validate(self, where: str) -> None:
+        check(self.probe_alpha >= 0, f"{where}.probe_alpha", self.probe_alpha, "a number >= 0")
+
+
+DEFAULT_VARIANTS = MappingProxyType({
+    "dila": VariantParams(),
+    "no_content": VariantParams(variant="no_content"),
+    "discrete_z": VariantParams(bottleneck="nsvq"),
+    "gaussian_z": VariantParams(bottleneck="gaussian"),
+})
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything params.yaml holds. `seed` seeds every random choice (e.g. a random-init encoder)."""
 
@@ -106,12 +237,33 @@ class Params:
     store: StoreParams
     decode: DecodeParams
     datasets: Mapping[str, DatasetParams]
+    model: ModelParams = ModelParams()
+    variants: dict[str, VariantParams] = field(default_factory=lambda: DEFAULT_VARIANTS)
+    train: TrainParams = TrainParams()
+    finetune: FinetuneParams = FinetuneParams()
+    pixel_decoder: PixelDecoderParams = PixelDecoderParams()
+    rollout: RolloutParams = RolloutParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:
             known = ", ".join(sorted(self.datasets)) or "none"
             raise ParamsError(f"params: no dataset named {name!r} under datasets: (defined: {known})")
         return self.datasets[name]
+
+    def variant(self, name: str) -> VariantParams:
+        if name not in self.variants:
+            raise ParamsError(f"params: no variant named {name!r} under variants: (defined: "
+                              f"{', '.join(sorted(self.variants))})")
+        return self.variants[name]
+
+    def check_references(self) -> None:
+        """Keys that name other entries must name existing ones."""
+        known = "one of the datasets: " + ", ".join(sorted(self.datasets))
+        check(self.train.dataset in self.datasets, "train.dataset", self.train.dataset, known)
+        for i, name in enumerate(self.evaluate.probe_datasets):
+            check(name in self.datasets, f"evaluate.probe_datasets[{i}]", name, known)
+        check(len(self.variants) > 0, "variants", {}, "at least one variant")
 
 
 def _build_datasets(raw: Any) -> Mapping[str, DatasetParams]:
@@ -132,19 +284,10 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     """Validate a plain mapping (the YAML document) into Params."""
     if not isinstance(raw, dict):
         raise ParamsError(f"params: the document must be a mapping, got {type(raw).__name__}")
-    raw = dict(raw)
-    datasets = _build_datasets(raw.pop("datasets", None))
-    rest = build(_ParamsNoDatasets, raw, "")
-    return Params(datasets=datasets, **{k: getattr(rest, k) for k in ("seed", "paths", "encoder", "store", "decode")})
-
-
-@dataclass(frozen=True)
-class _ParamsNoDatasets:
-    seed: int
-    paths: PathsParams
-    encoder: EncoderParams
-    store: StoreParams
-    decode: DecodeParams
+    datasets = _build_datasets(raw.get("datasets"))  # each entry's class depends on its kind
+    params = dataclasses.replace(build(Params, {**raw, "datasets": {}}, ""), datasets=datasets)
+    params.check_references()
+    return params
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -108,3 +108,30 @@ def test_file_errors_name_the_file(tmp_path):
     wrong.write_text((ROOT / "params.yaml").read_text().replace("clevel: 3", "clevel: 0"))
     with pytest.raises(ParamsError, match=r"wrong\.yaml: .*store\.clevel"):
         load_params(wrong)
+
+
+def test_stage_two_sections_default_and_validate():
+    p = load_params(ROOT / "params.yaml")
+    assert p.model.preset == "small" and p.train.dataset == "synthetic"
+    assert sorted(p.variants) == ["dila", "discrete_z", "gaussian_z", "no_content"]
+    assert p.variant("discrete_z").bottleneck == "nsvq" and p.variant("no_content").variant == "no_content"
+    custom = parse_params(apply_overrides(raw_defaults(), [
+        "variants={big: {variant: dila, bottleneck: gaussian}}", "train.optim.schedule=constant",
+        "finetune.optim.lr=0.001"]))
+    assert list(custom.variants) == ["big"] and custom.variants["big"].bottleneck == "gaussian"
+    assert custom.train.optim.schedule == "constant" and custom.finetune.optim.lr == 0.001
+    with pytest.raises(ParamsError, match="no variant named 'dila'"):
+        custom.variant("dila")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("train.dataset=pusht", "train.dataset"), ("evaluate.probe_datasets=[synthetic, pusht]",
+                                                "evaluate.probe_datasets[1]"),
+     ("variants.dila.bottleneck=vq", "variants.dila.bottleneck"), ("train.seq_len=1", "train.seq_len"),
+     ("train.optim.lr=0", "train.optim.lr"), ("train.val_fraction=1.0", "train.val_fraction"),
+     ("model.preset=huge", "model.preset"), ("rollout.horizon=0", "rollout.horizon")],
+)
+def test_stage_two_errors_name_the_key(override, key):
+    with pytest.raises(ParamsError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        parse_params(apply_overrides(raw_defaults(), [override]))
