@@ -30,6 +30,7 @@ class PathsParams:
     prepared: str = "data/prepared"
     features: str = "data/features"
     models: str = "data/models"
+    logs: str = "data/logs"
     eval: str = "data/eval"
 
 
