@@ -79,7 +79,8 @@ def measure(name: str, batch: int, frames: int, device: str, dtype: torch.dtype,
 
 
 def table(rows: list[dict], peak_tflops: float | None) -> str:
-    head = "| preset | params | batch x frames | tokens/step | step (s) | tokens/s | GFLOP/step | peak mem (MiB) | step adds (MiB) |"
+    head = ("| preset | params | batch x frames | tokens/step | step (s) | tokens/s | GFLOP/step "
+            "| peak mem (MiB) | step adds (MiB) |")
     lines = [head + (" MFU |" if peak_tflops else ""), "|" + "---|" * (9 + bool(peak_tflops))]
     for r in rows:
         line = (f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['batch']} x {r['frames']} | {r['tokens']} "

@@ -75,11 +75,11 @@ class Gaussian(nn.Module):
         self.beta = cfg.beta
 
     def forward(self, r: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        mu, logvar = r.chunk(2, dim=-1)
+        mu, logvar = r.float().chunk(2, dim=-1)
         logvar = logvar.clamp(-30.0, 20.0)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
         kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1).mean()
-        return z, self.beta * kl, {"kl": kl.detach()}
+        return z.to(r.dtype), self.beta * kl, {"kl": kl.detach()}
 
     def infer(self, r: Tensor) -> Tensor:
         return r.chunk(2, dim=-1)[0]
@@ -106,9 +106,9 @@ class NSVQ(nn.Module):
         self.register_buffer("idle_steps", torch.zeros(cfg.codebook_size, dtype=torch.long))
 
     def _nearest(self, tokens: Tensor) -> Tensor:
-        """Index of the nearest code for each token (…, code_dim) -> (…)."""
-        flat = tokens.reshape(-1, self.code_dim)
-        return torch.cdist(flat, self.codebook.to(flat.dtype)).argmin(-1).reshape(tokens.shape[:-1])
+        """Index of the nearest code for each token (…, code_dim) -> (…); distances in float32."""
+        flat = tokens.detach().reshape(-1, self.code_dim).float()
+        return torch.cdist(flat, self.codebook.detach().float()).argmin(-1).reshape(tokens.shape[:-1])
 
     @torch.no_grad()
     def _reset_dead_codes(self, tokens: Tensor) -> None:

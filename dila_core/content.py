@@ -53,7 +53,7 @@ class ContentMemory(nn.Module):
     def forward(self, c: Tensor) -> Tensor:
         b, _, h, w, _ = c.shape
         x = rearrange(c, "b t h w d -> (b h w) t d")
-        for norm, layer in zip(self.norms, self.layers):
+        for norm, layer in zip(self.norms, self.layers, strict=True):
             x = x + layer(norm(x))
         x = x + self.mlp(x)
         return rearrange(x, "(b h w) t d -> b t h w d", b=b, h=h, w=w)
@@ -68,7 +68,7 @@ class ContentMemory(nn.Module):
         b, h, w, _ = c_t.shape
         x = rearrange(c_t, "b h w d -> (b h w) d")
         new_state = []
-        for norm, layer, s in zip(self.norms, self.layers, state):
+        for norm, layer, s in zip(self.norms, self.layers, state, strict=True):
             y, s = layer.step(norm(x), s)
             x = x + y
             new_state.append(s)
@@ -102,7 +102,9 @@ class ContentPathway(nn.Module):
 class NoContent(nn.Module):
     """The "w/o content" ablation: contributes no context to the decoder."""
 
-    context_dims: list[int] = []
+    def __init__(self):
+        super().__init__()
+        self.context_dims: list[int] = []
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return []

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dila_core.bottleneck import BottleneckConfig, build_bottleneck
-from dila_core.losses import (LossConfig, anti_collapse, latent_norm, latent_std, motion_mask,
-                              symmetry_loss)
+from dila_core.losses import LossConfig, anti_collapse, latent_norm, latent_std, motion_mask, symmetry_loss
 from dila_core.structure import FDM, IDM, FDMConfig, IDMConfig
 
 

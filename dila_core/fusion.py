@@ -8,8 +8,8 @@ keys lie on the same grid). `fusion` chooses how the cross-attentions combine:
 ``sequential`` (paper: x += CA_e0(x); x += CA_mem(x)) or ``parallel`` (reference
 code: x += CA_e0(x) + CA_mem(x)). Both have the same parameters, so a checkpoint
 loads in either mode. Paper shape (W 768, 3 blocks, 8 x 32 heads, GEGLU hidden 2048):
-21,752,640 parameters; with the structure and content encoders (residual MLPs,
-2 blocks of hidden 768) and the memory, 27,765,856 (reference 27.77M).
+21,752,712 parameters; with the structure and content encoders (residual MLPs,
+2 blocks of hidden 768) and the memory, 27,765,928 (reference 27.77M).
 """
 from __future__ import annotations
 
@@ -109,8 +109,7 @@ class FusionDecoder(nn.Module):
 
     def forward(self, s: Tensor, contexts: list[Tensor]) -> Tensor:
         h = s.shape[2]
-        tokens = lambda a: rearrange(a, "b t h w d -> b t (h w) d")  # noqa: E731
-        x, contexts = tokens(self.lift(s)), [tokens(c) for c in contexts]
+        x, *contexts = (rearrange(a, "b t h w d -> b t (h w) d") for a in (self.lift(s), *contexts))
         for block in self.blocks:
             x = block(x, contexts)
         return rearrange(self.proj_out(self.norm(x)), "b t (h w) d -> b t h w d", h=h)

@@ -50,7 +50,7 @@ class LossConfig:
 def latent_std(z: Tensor) -> Tensor:
     """σ_z: std of z (B, T, d_z) over batch and time, per dimension, averaged over dimensions.
     Population std (no Bessel correction), so a single transition gives 0 rather than NaN."""
-    return z.flatten(0, -2).std(dim=0, correction=0).mean()
+    return z.float().flatten(0, -2).std(dim=0, correction=0).mean()
 
 
 def anti_collapse(z: Tensor, scale: float, sharpness: float) -> Tensor:
@@ -60,16 +60,16 @@ def anti_collapse(z: Tensor, scale: float, sharpness: float) -> Tensor:
 
 def latent_norm(z: Tensor) -> Tensor:
     """Mean L2 norm of z (…, d_z)."""
-    return z.norm(dim=-1).mean()
+    return z.float().norm(dim=-1).mean()
 
 
 def motion_mask(ds: Tensor, threshold: float) -> Tensor:
     """m_t = [rms(Δs_t) > τ] for Δs (B, T, h, w, d_s) -> (B, T) float."""
-    rms = ds.flatten(2).square().mean(-1).sqrt()
-    return (rms > threshold).to(ds.dtype)
+    rms = ds.float().flatten(2).square().mean(-1).sqrt()
+    return (rms > threshold).float()
 
 
 def symmetry_loss(z_fwd: Tensor, z_bwd: Tensor, mask: Tensor, eps: float) -> Tensor:
     """Σ m (cos(z_fwd, z_bwd) + 1)² / (Σ m + ε): forward and backward actions should be opposite."""
-    cos = F.cosine_similarity(z_fwd, z_bwd, dim=-1)                    # (B, T)
+    cos = F.cosine_similarity(z_fwd.float(), z_bwd.float(), dim=-1)    # (B, T)
     return (mask * (cos + 1).square()).sum() / (mask.sum() + eps)

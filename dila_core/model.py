@@ -10,6 +10,15 @@ Information flow (t indexes frames; the decoder for frame t+1 sees e_{t+1} only 
     ŝ_{t+1}  = s_t + FDM(s_0..s_t, z_0..z_t)
     ê_{t+1}  = Decoder(ŝ_{t+1}; e_0, c^mem_t)
 
+Why this wiring: both encoders read the same causal ST-Transformer features, so s_t
+and c_t (and c^mem_t) depend on frames <= t only. The IDM is bidirectional over the
+Δs sequence and is the one place where frame t+1 enters a prediction of frame t+1,
+through the d_z-sized z_t. The decoder gets the *predicted* structure ŝ_{t+1}
+(never s_{t+1}), the first frame and the memory up to t. (The "w/o latent action"
+ablation removes exactly this bottleneck: its decoder gets s_{t+1}.) The z_t of
+other transitions also carry information about their own frames, but each through
+the same bottleneck.
+
 Training (`forward`) is teacher-forced over a clip; `rollout_loss` is the phase-2
 objective (roll out from frame 0 with actions inferred from the true clip).
 Rollouts are autoregressive in structure space: ŝ is never re-encoded; the
@@ -85,7 +94,7 @@ class DiLA(nn.Module):
         self.dynamics = NoLatentAction() if cfg.variant == "no_latent_action" else \
             LatentDynamics(cfg.idm, cfg.fdm, cfg.bottleneck, cfg.loss, grid, cfg.d_s)
         self.decoder = FusionDecoder(cfg.decoder, grid, cfg.d_s, cfg.token_dim,
-                                     [cfg.token_dim] + self.content.context_dims)
+                                     [cfg.token_dim, *self.content.context_dims])
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

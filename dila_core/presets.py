@@ -1,8 +1,10 @@
 """Named model configurations, all built by `preset(name, ...)`.
 
-- ``paper``: DiLA at the reference configuration on 16 x 16 x 768 tokens, 123.0M
-  trainable parameters (ST-Transformer 51.10M, IDM 36.02M, FDM 8.11M, structure +
-  content encoders + memory + fusion decoder 27.77M; see each module's docstring).
+- ``paper``: DiLA at the reference configuration on 16 x 16 x 768 tokens:
+  123,005,768 trainable parameters (reference 123,006,040): ST-Transformer
+  51,103,008 (51.13M), IDM 36,022,208 (36.02M), FDM 8,114,624 (8.09M), structure +
+  content encoders + memory + fusion decoder 27,765,928 (27.77M). Each module's
+  docstring gives the layer shapes that produce its count.
 - ``small``: the CPU demo on 8 x 8 x 384 tokens (DINOv2-S width).
 - ``tiny``: for tests and CI, on 4 x 4 x 32 tokens.
 
@@ -35,11 +37,13 @@ SIZES: dict[str, dict[str, Any]] = {
                   memory=(2, 32, 4, 2, 256), idm=((64, 128, 256, 512, 512), (2, 2, 2, 1, 0), 32, 1024),
                   fdm=(256, 4, 8, 32, 1024, 512, 0.1), fdm_head=128,
                   decoder=(768, 3, 8, 32, 2048, 512, 0.0)),
-    "small": dict(grid=(8, 8), token_dim=384, d_s=16, d_c=64, d_z=64, code_dim=4,
-                  st=(192, 2, 4, 48, 512, 128, 0.0), encoder_hidden=192, encoder_depth=1,
-                  memory=(2, 16, 4, 2, 64), idm=((32, 64, 128, 128), (1, 1, 1, 0), 8, 256),
-                  fdm=(96, 2, 4, 24, 256, 64, 0.0), fdm_head=48,
-                  decoder=(192, 2, 4, 32, 512, 128, 0.0)),
+    # small: the CPU demo size. Sized so a training step of 8 clips x 8 frames of 8x8x384 tokens
+    # costs ~30 GFLOP (a few tenths of a second on 2 cores): 1.1M parameters.
+    "small": dict(grid=(8, 8), token_dim=384, d_s=16, d_c=32, d_z=32, code_dim=2,
+                  st=(96, 1, 4, 24, 192, 32, 0.0), encoder_hidden=96, encoder_depth=1,
+                  memory=(1, 16, 4, 2, 32), idm=((32, 64, 64), (1, 1, 0), 8, 128),
+                  fdm=(64, 1, 4, 16, 128, 32, 0.0), fdm_head=32,
+                  decoder=(96, 1, 4, 24, 192, 32, 0.0)),
     "tiny": dict(grid=(4, 4), token_dim=32, d_s=8, d_c=16, d_z=16, code_dim=2,
                  st=(32, 1, 2, 16, 64, 16, 0.0), encoder_hidden=32, encoder_depth=1,
                  memory=(2, 8, 4, 2, 16), idm=((8, 16, 16), (1, 1, 0), 4, 32),

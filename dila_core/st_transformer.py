@@ -11,6 +11,11 @@ sublayer and the final norm are AdaLN-zero conditioned on a per-frame vector.
 
 Nothing at frame t depends on frames > t (causal attention, causal position conv,
 per-frame conditioning), which tests check.
+
+Paper shape: proj_in 768 -> 768; 4 blocks of [spatial attention + FFN, temporal
+attention + FFN]; attention 8 heads x 64 (inner 512; q, k, v without bias, output
+with bias); GEGLU hidden 2048 (2/3 x 4 x 768, the usual size of a gated FFN of
+mult 4); position-bias MLP hidden 512: 51,103,008 parameters (reference 51.13M).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ frame carrying z; every sublayer is AdaLN-zero conditioned on z. z enters throug
 two MLPs (d_z -> W -> W): one makes the z token, one the AdaLN condition. The last
 head layer is zero-initialised, so the update is exactly zero at initialisation.
 Paper shape (W 256, depth 4, 8 x 32 heads, GEGLU hidden 1024, head 256 -> 128 -> 32):
-8,114,592 parameters (reference 8.09M).
+8,114,624 parameters (reference 8.09M).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class IDM(nn.Module):
         super().__init__()
         ch, g = cfg.channels, cfg.groups
         layers: list[nn.Module] = [nn.Conv3d(d_s, ch[0], 3, padding=1)]
-        for i, (width, n) in enumerate(zip(ch, cfg.blocks)):
+        for i, (width, n) in enumerate(zip(ch, cfg.blocks, strict=True)):
             layers += [ResBlock3d(width, g) for _ in range(n)]
             layers += [nn.Conv3d(width, ch[i + 1], 3, stride=(1, 2, 2), padding=1)] if i + 1 < len(ch) else []
         self.body = nn.Sequential(*layers, nn.GroupNorm(g, ch[-1]), nn.SiLU())

@@ -63,7 +63,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model, step
 
 
-def load_weights(model: DiLA, tensors: dict[str, torch.Tensor], origin: str | Path) -> None:
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], origin: str | Path) -> None:
     """Load `tensors` into `model` strictly; errors name `origin` and every offending key."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))

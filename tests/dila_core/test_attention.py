@@ -3,10 +3,13 @@ import math
 import pytest
 import torch
 
-from dila_core.attention import (Attention, Rotary, SpatialBias, rotate, space_attention,
-                                 time_attention)
+from dila_core.attention import Attention, Rotary, SpatialBias, rotate, space_attention, time_attention
 
 # Axes: B batch, T time, N tokens per frame, D width, H heads, d head size.
+
+
+def rms_norm(a, weight):
+    return a / a.square().mean(-1, keepdim=True).add(torch.finfo(a.dtype).eps).sqrt() * weight
 
 
 def reference_attention(attn: Attention, x, context, bias=None, causal=False):
@@ -15,8 +18,7 @@ def reference_attention(attn: Attention, x, context, bias=None, causal=False):
     q = attn.to_q(x).unflatten(-1, (H, -1)).transpose(1, 2)                   # (n, H, L, d)
     k, v = attn.to_kv(context).chunk(2, dim=-1)
     k, v = (a.unflatten(-1, (H, -1)).transpose(1, 2) for a in (k, v))        # (n, H, S, d)
-    rms = lambda a, w: a / a.square().mean(-1, keepdim=True).add(torch.finfo(a.dtype).eps).sqrt() * w  # noqa: E731
-    q, k = rms(q, attn.q_norm.weight), rms(k, attn.k_norm.weight)
+    q, k = rms_norm(q, attn.q_norm.weight), rms_norm(k, attn.k_norm.weight)
     if isinstance(attn.position, Rotary):
         q, k, _ = attn.position(q, k)
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])                 # (n, H, L, S)
@@ -62,6 +64,17 @@ def test_spatial_bias_depends_only_on_offset_and_is_zero_for_extra_tokens():
             torch.testing.assert_close(v, values[0])
     distinct = torch.stack([v[0] for v in by_offset.values()])
     assert distinct.std(0).min() > 0  # different offsets get different biases
+
+
+def test_spatial_bias_starts_local_and_its_slopes_learn():
+    torch.manual_seed(6)
+    pos = SpatialBias((5, 5), heads=4, hidden=8)
+    _, _, bias = pos(torch.zeros(1), torch.zeros(1))
+    centre, corner = 12, 0                        # token (2, 2) and token (0, 0), 2*sqrt(2) apart
+    assert torch.all(bias[:, centre, centre] > bias[:, centre, corner])
+    torch.testing.assert_close(pos.slopes.detach(), torch.tensor([4.0, 2.0, 1.0, 0.5]))
+    bias.sum().backward()
+    assert pos.slopes.grad.abs().min() > 0
 
 
 def test_rotary_scores_depend_only_on_relative_time_and_keep_norms():

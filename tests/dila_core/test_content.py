@@ -38,7 +38,7 @@ def test_memory_step_does_not_mutate_its_state():
         kept = copy.deepcopy(state)
         memory.step(torch.randn(1, 2, 2, 8), state)
     assert any(s.ssm.abs().max() > 0 for s in state)
-    for a, b in zip(state, kept):
+    for a, b in zip(state, kept, strict=True):
         assert torch.equal(a.conv, b.conv) and torch.equal(a.ssm, b.ssm)
 
 

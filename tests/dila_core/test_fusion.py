@@ -35,8 +35,7 @@ def test_sequential_and_parallel_share_parameters_and_follow_their_formulas():
     par.load_state_dict(seq.state_dict(), strict=True)
     block = seq.blocks[0]
     x = torch.randn(2, 3, 6, 16)
-    s, contexts = inputs()
-    contexts = [c.flatten(2, 3) for c in contexts]
+    contexts = [c.flatten(2, 3) for c in inputs()[1]]
     first, second = block.cross.cross
     want_seq = x + first(x, contexts[0])
     want_seq = want_seq + second(want_seq, contexts[1])

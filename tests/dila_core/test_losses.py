@@ -59,7 +59,9 @@ def grads_by_module(cfg, e):
             p.add_(0.05 * torch.randn_like(p))
     loss, _ = model(e)
     loss.backward()
-    norm = lambda m: sum(p.grad.abs().sum().item() for p in m.parameters() if p.grad is not None)  # noqa: E731
+    def norm(module):
+        return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+
     return {"structure": norm(model.structure), "idm": norm(model.dynamics.idm),
             "fdm": norm(model.dynamics.fdm), "decoder": norm(model.decoder)}
 

@@ -82,12 +82,16 @@ def test_rollout_loss_gradients_reach_every_trainable_parameter():
 def test_encodings_are_causal_in_time():
     model = tiny().eval()
     e = clip(model, T=5)
-    encode = lambda e: (lambda x: (x, model.structure(x), *model.content(x)))(model.backbone(e))  # noqa: E731
+
+    def encode(e):
+        x = model.backbone(e)
+        return (x, model.structure(x), *model.content(x))
+
     base = encode(e)
     for k in range(5):
         changed = e.clone()
         changed[:, k] += torch.randn_like(changed[:, k])
-        for a, b in zip(base, encode(changed)):
+        for a, b in zip(base, encode(changed), strict=True):
             torch.testing.assert_close(b[:, :k], a[:, :k], rtol=0, atol=0)
             assert (b[:, k] - a[:, k]).abs().max() > 1e-6
 

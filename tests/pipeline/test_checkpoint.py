@@ -7,8 +7,7 @@ from safetensors.torch import save_file
 
 from dila_core.model import DiLA, DiLAConfig
 from dila_core.presets import preset
-from pipeline.checkpoint import (FORMAT, CheckpointError, load_checkpoint, load_weights, read_metadata,
-                                 save_checkpoint)
+from pipeline.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_weights, read_metadata, save_checkpoint
 from pipeline.config import build, to_dict
 
 
@@ -85,13 +84,13 @@ def test_loading_is_strict_and_errors_name_the_file(tmp_path):
 
 def test_bad_files_and_metadata_are_clear_errors(tmp_path):
     path = save_checkpoint(tmp_path / "good.safetensors", trained_tiny("continuous"), step=1)
-    with pytest.raises(CheckpointError, match="nope.safetensors: no such checkpoint file"):
+    with pytest.raises(CheckpointError, match=r"nope\.safetensors: no such checkpoint file"):
         load_checkpoint(tmp_path / "nope.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="junk.safetensors: not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match=r"junk\.safetensors: not a readable safetensors file"):
         load_checkpoint(tmp_path / "junk.safetensors")
     foreign = rewrite(path, tmp_path / "foreign.safetensors", edit_meta=lambda m: {"format": "other"})
-    with pytest.raises(CheckpointError, match="foreign.safetensors: not a DiLA checkpoint"):
+    with pytest.raises(CheckpointError, match=r"foreign\.safetensors: not a DiLA checkpoint"):
         load_checkpoint(foreign)
 
     def bad_config(meta):
@@ -108,6 +107,6 @@ def test_load_weights_into_an_existing_model_and_bad_step(tmp_path):
     model = trained_tiny("continuous")
     fresh = DiLA(model.cfg)
     load_weights(fresh, model.state_dict(), "memory")
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match="step = -1 is not allowed"):
         save_checkpoint(tmp_path / "x.safetensors", model, step=-1)

@@ -1,0 +1,210 @@
+"""The evaluation report: a Markdown table shaped like the paper's ablation table, and plots.
+
+Input: every variant's metrics.json (the evaluate stage's schema, see stages/evaluate.py)
+and, where present, its latents (z (M, d_z), family (M,), families (names)). Output under
+the eval directory:
+
+    table.md                  rows = variants + the "repeat last frame" baseline
+    plots/rollout_error.png   token MSE and cosine vs horizon step, per variant, with the baseline
+    plots/latent_pca.png      z projected on its first two principal components, per variant,
+                              coloured by the true motion family
+
+A value that could not be computed reads "n/a [k]" in its cell, with note k giving the
+reason recorded in metrics.json. The header names the encoder weights, so a run on a
+random-init encoder is never read as a pretrained one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from pipeline.metrics import pca_2d
+
+BASELINE = "repeat last frame"
+DASH = "—"
+
+
+def _get(m: dict[str, Any], key: str) -> Any:
+    node: Any = m
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _reason(m: dict[str, Any], key: str) -> str:
+    """The recorded reason for `key` or for the closest section holding it."""
+    unavailable = m.get("unavailable", {})
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:end])
+        if prefix in unavailable:
+            return unavailable[prefix]
+    return f"{key} not recorded in metrics.json"
+
+
+class Notes:
+    """Numbered footnotes; the same reason always gets the same number."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def ref(self, reason: str) -> str:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return f"n/a [{self.reasons.index(reason) + 1}]"
+
+    def lines(self) -> list[str]:
+        return [f"[{i}] {reason}" for i, reason in enumerate(self.reasons, 1)]
+
+
+def number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def cell(m: dict[str, Any], key: str, notes: Notes) -> str:
+    value = _get(m, key)
+    return notes.ref(_reason(m, key)) if value is None else number(value)
+
+
+def _columns(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(header, metrics key) of the main table; one group of probe columns per probe dataset."""
+    cols = [("rollout token MSE", "rollout.token_mse"), ("rollout SSIM", "rollout.ssim"),
+            ("rollout LPIPS", "rollout.lpips"), ("cycle transfer token MSE", "cycle_transfer.token_mse"),
+            ("cycle transfer SSIM", "cycle_transfer.ssim"), ("teacher-forced val MSE", "teacher_forced.val_mse")]
+    probed = sorted({name for m in metrics.values() for name in m.get("probe", {})}
+                    | {key.split(".")[1] for m in metrics.values() for key in m.get("unavailable", {})
+                       if key.startswith("probe.")})
+    for name in probed:
+        cols += [(f"probe {name} MSE", f"probe.{name}.mse"), (f"probe {name} R²", f"probe.{name}.r2")]
+        if any(_get(m, f"probe.{name}.r2_translation") is not None for m in metrics.values()):
+            cols.append((f"probe {name} R² (dx, dy)", f"probe.{name}.r2_translation"))
+    return cols
+
+
+def _row(name: str, cells: list[str]) -> str:
+    return "| " + " | ".join([name, *cells]) + " |"
+
+
+def _main_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]:
+    cols = _columns(metrics)
+    lines = [_row("model", [h for h, _ in cols]), "|" + "---|" * (len(cols) + 1)]
+    for variant, m in metrics.items():
+        cells = []
+        for header, key in cols:
+            text = cell(m, key, notes)
+            if key == "teacher_forced.val_mse" and _get(m, key) is not None:
+                text += f" @ {_get(m, 'teacher_forced.step')} steps"
+            cells.append(text)
+        lines.append(_row(variant, cells))
+    source = next((m for m in metrics.values() if "rollout" in m), None)
+    baseline = {"rollout.token_mse": "rollout.baseline.token_mse", "rollout.ssim": "rollout.baseline.ssim",
+                "rollout.lpips": "rollout.baseline.lpips",
+                "cycle_transfer.token_mse": "cycle_transfer.baseline_token_mse"}
+    cells = [DASH if key not in baseline else
+             (cell(source, baseline[key], notes) if source is not None else notes.ref("no variant has rollouts"))
+             for _, key in cols]
+    lines.append(_row(BASELINE, cells))
+    return lines
+
+
+def _truth_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]:
+    cols = [("action transfer", "ground_truth.action_transfer.token_mse"),
+            ("static target (baseline)", "ground_truth.action_transfer.baseline_token_mse"),
+            ("rebinding", "ground_truth.rebinding.token_mse"),
+            ("structure clip (baseline)", "ground_truth.rebinding.baseline_token_mse"),
+            ("re-encoding check", "ground_truth.reencode_mse"),
+            ("motion-isolation drift", "motion_isolation.drift"),
+            ("true clip change", "motion_isolation.reference")]
+    lines = [_row("model", [h for h, _ in cols]), "|" + "---|" * (len(cols) + 1)]
+    lines += [_row(variant, [cell(m, key, notes) for _, key in cols]) for variant, m in metrics.items()]
+    return lines
+
+
+def _header(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    first = next(iter(metrics.values()))
+    weights = sorted({str(m.get("encoder_weights")) for m in metrics.values()})
+    model = first.get("encoder", {}).get("model", "unknown")
+    lines = ["# Evaluation", "", f"Dataset: {first.get('dataset')}. Encoder: {model}, weights {', '.join(weights)}."]
+    if any(w.startswith("random-init") for w in weights):
+        lines.append("**Random-init encoder: these tokens do not come from pretrained DINOv2 weights; "
+                     "the numbers test the pipeline, they are not results.**")
+    r = next((m["rollout"] for m in metrics.values() if "rollout" in m), None)
+    if r is not None:
+        lines.append(f"Rollouts: {r['episodes']} held-out episodes, {r['context']} context frame(s), "
+                     f"horizon {r['horizon']}, frame_skip {r['frame_skip']}.")
+    return lines
+
+
+def format_table(metrics: dict[str, dict[str, Any]]) -> str:
+    """table.md for metrics {variant: metrics.json content} (in row order)."""
+    if not metrics:
+        raise ValueError("format_table: no variants to report")
+    notes = Notes()
+    lines = _header(metrics) + ["", "## Ablation (lower is better, except SSIM, cosine and R²)", ""]
+    lines += _main_table(metrics, notes)
+    lines += ["", "Token errors are on normalized tokens; SSIM/LPIPS compare decoded rollouts with decoded true "
+              "tokens; probe MSE is in train-set standard deviations of each action dimension.", "",
+              "## Synthetic ground truth (token MSE, lower is better)", ""]
+    lines += _truth_table(metrics, notes)
+    if notes.reasons:
+        lines += ["", "## Notes", "", *notes.lines()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_rollout_error(metrics: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Token MSE and cosine vs horizon step per variant, with the baseline; None when no rollouts."""
+    rolled = {v: m["rollout"] for v, m in metrics.items() if "rollout" in m}
+    if not rolled:
+        return None
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, key, label in zip(fig.subplots(1, 2), ("token_mse", "cosine"), ("token MSE", "token cosine")):
+        for variant, r in rolled.items():
+            values = r[f"{key}_per_step"]
+            ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=variant)
+        base = next(iter(rolled.values()))["baseline"][f"{key}_per_step"]
+        ax.plot(range(1, len(base) + 1), base, "k--", label=BASELINE)
+        ax.set(xlabel="horizon step", ylabel=label, title=f"rollout {label}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_latents(latents: dict[str, dict[str, np.ndarray]], path: Path) -> Path | None:
+    """z (PCA to 2-D) per variant, coloured by motion family; None when no variant has latents."""
+    usable = {v: d for v, d in latents.items() if len(d["z"]) >= 2}
+    if not usable:
+        return None
+    fig = Figure(figsize=(4 * len(usable), 4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(usable)))
+    for ax, (variant, d) in zip(axes, usable.items()):
+        coords, ratio = pca_2d(d["z"])
+        names = [str(n) for n in d["families"]]
+        for fam in np.unique(d["family"]):
+            sel = d["family"] == fam
+            label = names[fam] if 0 <= fam < len(names) else "unknown"
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=6, alpha=0.7, label=label)
+        ax.set(title=variant, xlabel=f"PC1 ({ratio[0]:.0%})", ylabel=f"PC2 ({ratio[1]:.0%})")
+        ax.legend(fontsize=8, markerscale=2)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_report(eval_dir: Path, metrics: dict[str, dict[str, Any]],
+                 latents: dict[str, dict[str, np.ndarray]]) -> Path:
+    """table.md and the plots under eval_dir; returns table.md's path. Stale plots are removed."""
+    plots = eval_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for old in plots.glob("*.png"):
+        old.unlink()
+    plot_rollout_error(metrics, plots / "rollout_error.png")
+    plot_latents(latents, plots / "latent_pca.png")
+    table = eval_dir / "table.md"
+    table.write_text(format_table(metrics))
+    return table

@@ -1,0 +1,166 @@
+"""Training windows over one feature store, and the deterministic order they are drawn in.
+
+A window is `seq_len` kept frames `frame_skip` apart inside one episode: frames
+f, f + skip, ..., f + (seq_len - 1) * skip with all of them in [start, stop) of the
+episode, so a window never crosses an episode boundary. `Windows` lists every window
+of a set of episodes (the train or val side of `pipeline.split.split_episodes`) and
+returns item i as
+
+    e        (T, h, w, D) float32   (tokens - mean) / (std + EPS), the store's per-channel stats
+    actions  (T, a) float32         where the store has actions
+    labels   {name: (T, ...)}       where the store has labels
+    frame, episode                  the window's first frame (global index) and its episode
+
+The tokens array is opened lazily inside each DataLoader worker (`worker_init` drops any
+handle a fork copied); actions and labels (small) are read into memory once. `StepBatches` yields the batches of global steps
+start..stop-1; the windows of step k are a function of (seed, k) only: step k takes
+positions k*B .. k*B + B - 1 of an endless sequence of seeded permutations (one per
+epoch over the windows). So a run resumed at step k reads exactly the batches an
+uninterrupted run reads, and under DDP rank r of W takes slice r of each global batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from pipeline import store
+from pipeline.split import episode_bounds
+
+EPS = 1e-6  # e = (tokens - mean) / (std + EPS)
+
+
+def window_starts(bounds: np.ndarray, episodes: np.ndarray, seq_len: int, frame_skip: int) -> np.ndarray:
+    """(N, 2) [first frame, episode] of every window of `seq_len` frames `frame_skip` apart that
+    lies inside one of `episodes` (rows of bounds (E, 2) = [start, stop))."""
+    span = (seq_len - 1) * frame_skip + 1
+    rows = []
+    for ep in np.sort(np.asarray(episodes, dtype=np.int64)):
+        start, stop = bounds[ep]
+        firsts = np.arange(start, stop - span + 1, dtype=np.int64)
+        rows.append(np.stack([firsts, np.full_like(firsts, ep)], axis=1))
+    return np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int64)
+
+
+class Windows(Dataset):
+    """Every window of `episodes` in the store at `path`, normalized with the store's stats."""
+
+    def __init__(self, path: Path, episodes: np.ndarray, seq_len: int, frame_skip: int):
+        self.path, self.seq_len, self.frame_skip = Path(path), seq_len, frame_skip
+        root = store.open_store(self.path)
+        attrs = store.store_attrs(root)
+        if not attrs.get("complete"):
+            raise store.StoreError(f"{self.path}: the feature store is incomplete (run `dila extract` to finish it)")
+        self.bounds = episode_bounds(root["episode_ends"][:])                    # (E, 2)
+        self.mean = torch.from_numpy(root["stats/mean"][:].astype(np.float32))   # (D,)
+        self.std = torch.from_numpy(root["stats/std"][:].astype(np.float32))     # (D,)
+        self.grid, self.dim = tuple(root["tokens"].shape[1:3]), int(root["tokens"].shape[3])
+        # per-frame ground truth is small: read once; the tokens are read per window
+        self.actions = root["actions"][:] if "actions" in root else None                        # (F, a)
+        self.labels = {name: a[:] for name, a in sorted(root["labels"].arrays())} if "labels" in root else {}
+        self.attrs = attrs
+        self.windows = window_starts(self.bounds, episodes, seq_len, frame_skip)  # (N, 2)
+        if len(self.windows) == 0:
+            longest = int((self.bounds[:, 1] - self.bounds[:, 0]).max(initial=0))
+            raise ValueError(f"{self.path}: no window of seq_len={seq_len} frames with frame_skip={frame_skip} "
+                             f"(needs {(seq_len - 1) * frame_skip + 1} frames) fits in the selected episodes "
+                             f"(longest episode: {longest} frames); lower train.seq_len or train.frame_skip")
+        self._tokens = None  # opened lazily in the process that reads, never shared across fork
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def close(self) -> None:
+        self._tokens = None
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self._tokens is None:
+            self._tokens = store.open_store(self.path)["tokens"]
+        first, episode = (int(v) for v in self.windows[i])
+        frames = slice(first, first + (self.seq_len - 1) * self.frame_skip + 1, self.frame_skip)
+        raw = self._tokens[frames.start:frames.stop][::self.frame_skip]                        # (T, h, w, D)
+        e = (torch.from_numpy(raw.astype(np.float32)) - self.mean) / (self.std + EPS)
+        item: dict[str, Any] = {"e": e, "frame": first, "episode": episode}
+        if self.actions is not None:
+            item["actions"] = torch.from_numpy(self.actions[frames])                            # (T, a)
+        if self.labels:
+            item["labels"] = {name: torch.from_numpy(v[frames]) for name, v in self.labels.items()}
+        return item
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded permutation of n windows used in `epoch`."""
+    return np.random.default_rng([seed, 0x57E95, epoch]).permutation(n)
+
+
+class StepBatches(Sampler[list[int]]):
+    """This rank's window indices for each global step in [start, stop)."""
+
+    def __init__(self, n_windows: int, batch_size: int, seed: int, start: int, stop: int,
+                 rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"global batch size {batch_size} is not divisible by the {world} ranks; "
+                             "choose train.batch_size as a multiple of the number of processes")
+        self.n, self.batch, self.seed = n_windows, batch_size, seed
+        self.start, self.stop, self.rank, self.world = start, stop, rank, world
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, epoch_order(self.n, self.seed, epoch))
+        return self._cached[1]
+
+    def global_batch(self, k: int) -> np.ndarray:
+        """(B,) window indices of global step k: a function of (seed, k) only."""
+        positions = k * self.batch + np.arange(self.batch, dtype=np.int64)
+        return np.array([self._order(int(p // self.n))[p % self.n] for p in positions], dtype=np.int64)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        share = self.batch // self.world
+        for k in range(self.start, self.stop):
+            yield self.global_batch(k)[self.rank * share:(self.rank + 1) * share].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def fixed_windows(n_windows: int, count: int) -> np.ndarray:
+    """`count` window indices spread evenly over n_windows (repeating if count > n): the fixed
+    validation set."""
+    return (np.arange(count, dtype=np.int64) * n_windows) // count if count <= n_windows \
+        else np.arange(count, dtype=np.int64) % n_windows
+
+
+class FixedBatches(Sampler[list[int]]):
+    """This rank's slice of each of the fixed global batches `indices` (n_batches, B)."""
+
+    def __init__(self, indices: np.ndarray, rank: int = 0, world: int = 1):
+        self.indices, self.rank, self.world = indices, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        share = self.indices.shape[1] // self.world
+        for row in self.indices:
+            yield row[self.rank * share:(self.rank + 1) * share].tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def worker_init(_: int) -> None:
+    """Each DataLoader worker opens the store itself and uses one thread."""
+    torch.set_num_threads(1)
+    info = get_worker_info()
+    if info is not None:
+        info.dataset.close()
+
+
+def loader(windows: Windows, batches: Sampler[list[int]], workers: int, device: torch.device) -> DataLoader:
+    """Batches of `windows` in the order `batches` gives, read by `workers` processes
+    (0 = in this process) with prefetching, pinned on CUDA."""
+    return DataLoader(windows, batch_sampler=batches, num_workers=workers,
+                      prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda",
+                      worker_init_fn=worker_init, persistent_workers=False)

@@ -1,0 +1,326 @@
+"""Stage `pixel_decoder`: learn to map cached tokens back to RGB frames.
+
+Pairs are (tokens of stored frame i, frame i re-read from the source through the
+manifest and resized to `pixel_decoder.size`, bicubic with antialiasing). Tokens are
+normalized with the store's statistics exactly as the world model sees them,
+(tokens - mean) / (std + NORM_EPS), so the decoder also renders predicted tokens.
+Training uses the train episodes of the seeded split (`pipeline.split`), MSE, AdamW,
+gradient clipping and the configured schedule (stepped every step). Validation reports
+MSE and PSNR on held-out episodes, beside the PSNR of always answering the mean
+training frame.
+
+Outputs, under `<paths.models>/pixel_decoder/`:
+- `model.safetensors`: weights; metadata holds the decoder config, the step, the store's
+  encoder record and plan hash and NORM_EPS; rewritten every `checkpoint_every` steps;
+- `metrics.json`: validation MSE/PSNR, the baseline, steps, time, encoder record;
+- `samples.png`: held-out frames (top row) above their decoded tokens (bottom row).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import image as mpimg
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
+from pipeline import store
+from pipeline.checkpoint import CheckpointError, load_weights
+from pipeline.config import build, to_dict
+from pipeline.params import OptimParams, Params, PixelDecoderParams
+from pipeline.progress import track
+from pipeline.sources import SourceError, build_source
+from pipeline.split import episode_bounds, split_episodes
+from stages.extract import ShardFrames, store_path
+from stages.prepare import read_manifest
+
+FORMAT = "dila-pixel-decoder/1"
+NORM_EPS = 1e-6            # tokens are normalized as (tokens - mean) / (std + NORM_EPS)
+TOKEN_MEMORY = 2 * 2**30   # a store's tokens up to this many bytes are read into memory once
+EVAL_FRAMES = 1024         # validation (and the train-fit report) use at most this many frames
+SAMPLES = 8                # frames shown in samples.png
+
+
+def output_dir(params: Params) -> Path:
+    return Path(params.paths.models) / "pixel_decoder"
+
+
+def normalize_tokens(tokens: np.ndarray | Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Store tokens (..., D) -> float32 (tokens - mean) / (std + NORM_EPS) (a new tensor)."""
+    x = torch.as_tensor(tokens).to(dtype=torch.float32)
+    return (x - mean.to(x.device)) / (std.to(x.device) + NORM_EPS)
+
+
+class TokenRows:
+    """Rows of a store's tokens array (F, h, w, D) float16, read into memory when they fit `budget`."""
+
+    def __init__(self, array: Any, budget: int = TOKEN_MEMORY):
+        self.shape = tuple(array.shape)
+        self.rows = array[:] if math.prod(self.shape) * 2 <= budget else array
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        """Rows idx (any order, repeats allowed) -> (len(idx), h, w, D) float16."""
+        if isinstance(self.rows, np.ndarray):
+            return self.rows[idx]
+        unique, inverse = np.unique(idx, return_inverse=True)
+        return self.rows.get_orthogonal_selection((unique,))[inverse]
+
+
+@dataclass
+class Pairs:
+    """Token rows, the matching frames (F, 3, S, S) uint8, and the store's stats (D,)."""
+
+    tokens: TokenRows
+    frames: np.ndarray
+    mean: Tensor
+    std: Tensor
+
+    def batch(self, idx: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Normalized tokens (B, h, w, D) and target frames (B, 3, S, S) in [0, 1], float32."""
+        x = normalize_tokens(self.tokens(idx), self.mean, self.std).to(device)
+        y = torch.from_numpy(self.frames[idx]).to(device, torch.float32) / 255.0
+        return x, y
+
+
+def _check_store(params: Params, name: str, attrs: dict[str, Any], ends: np.ndarray,
+                 manifest: dict[str, Any]) -> None:
+    path = store_path(params, name)
+    if not attrs.get("complete"):
+        raise store.StoreError(f"{path}: the store is incomplete; run `dila extract {name}` first")
+    frames = np.cumsum([e["frames"] for e in manifest["episodes"]])
+    keys = [e["key"] for e in manifest["episodes"]]
+    if attrs.get("source") != manifest["source"] or attrs.get("episodes") != keys \
+            or not np.array_equal(frames, ends):
+        raise store.StoreError(f"{path}: made from other episodes than the manifest of {name!r}; "
+                               f"run `dila extract {name}` again")
+    if build_source(params.dataset(name)).fingerprint() != manifest["source"]["fingerprint"]:
+        raise SourceError(f"{params.dataset(name).path}: the source changed since `dila prepare {name}`; "
+                          "run prepare and extract again")
+
+
+def read_frames(params: Params, name: str, manifest: dict[str, Any], attrs: dict[str, Any],
+                size: int, show: bool) -> np.ndarray:
+    """Every stored frame, re-read from the source and resized: (F, 3, size, size) uint8."""
+    layout = store.Layout(**{**attrs["layout"], "grid": tuple(attrs["layout"]["grid"])})
+    shards = ShardFrames(params.dataset(name), manifest, layout, size)
+    workers = params.decode.workers
+    loader = DataLoader(shards, batch_size=None, num_workers=workers, collate_fn=_pixels,
+                        prefetch_factor=2 if workers else None, worker_init_fn=_one_thread)
+    frames = np.empty((layout.n_frames, 3, size, size), dtype=np.uint8)
+    for k, pixels in enumerate(track(loader, f"pixel_decoder: frames of {name}", len(shards), show)):
+        start, stop = layout.shard_range(k)
+        frames[start:stop] = pixels.mul(255.0).round_().to(torch.uint8).numpy()
+    return frames
+
+
+def _pixels(item: dict[str, Any]) -> Tensor:
+    return item["pixels"]
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def load_pairs(params: Params, name: str, show: bool = False) -> tuple[Pairs, np.ndarray, dict[str, Any]]:
+    """The (token, frame) pairs of dataset `name`, its episode_ends (E,) and the store's attributes."""
+    root = store.open_store(store_path(params, name))
+    attrs = store.store_attrs(root)
+    ends = root["episode_ends"][:]
+    manifest = read_manifest(params, name)
+    _check_store(params, name, attrs, ends, manifest)
+    frames = read_frames(params, name, manifest, attrs, params.pixel_decoder.size, show)
+    stats = [torch.from_numpy(root[f"stats/{s}"][:].astype(np.float32)) for s in ("mean", "std")]
+    return Pairs(TokenRows(root["tokens"]), frames, *stats), ends, attrs
+
+
+def split_frames(ends: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indices of the train episodes and of the validation episodes."""
+    bounds = episode_bounds(ends)                                 # (E, 2)
+    train, val = split_episodes(len(bounds), val_fraction, seed)
+    return tuple(np.concatenate([np.arange(*bounds[e]) for e in eps]) for eps in (train, val))
+
+
+def spread(idx: np.ndarray, n: int) -> np.ndarray:
+    """At most n entries of idx, evenly spaced (all of them when there are n or fewer)."""
+    return idx if len(idx) <= n else idx[np.unique(np.linspace(0, len(idx) - 1, n).round().astype(int))]
+
+
+def decoder_config(pd: PixelDecoderParams, grid: tuple[int, int], dim: int) -> PixelDecoderConfig:
+    """The decoder for a store's grid and width at the params' output size and width."""
+    cfg = PixelDecoderConfig(in_dim=dim, grid=tuple(grid), size=pd.size, width=pd.width)
+    cfg.validate("pixel_decoder")
+    return cfg
+
+
+def lr_factor(optim: OptimParams, total: int) -> Callable[[int], float]:
+    """Multiplier of optim.lr after `step` scheduler steps: linear warm-up, then constant or cosine to 0."""
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def make_optimizer(model: nn.Module, optim: OptimParams, total: int):
+    """AdamW and its LambdaLR schedule over `total` steps (step the schedule once per optimizer step)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(optim, total))
+
+
+def batches(rng: np.random.Generator, idx: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """Endless batches of `size` entries of idx: shuffled epochs, each entry once per epoch."""
+    pending = np.empty(0, dtype=np.int64)
+    while True:
+        while len(pending) < size:
+            pending = np.concatenate([pending, rng.permutation(idx)])
+        yield np.sort(pending[:size])
+        pending = pending[size:]
+
+
+def train(model: PixelDecoder, pairs: Pairs, idx: np.ndarray, pd: PixelDecoderParams, seed: int,
+          checkpoint: Callable[[int], None], show: bool = False) -> dict[str, float]:
+    """Fit the decoder on frames idx for pd.steps steps; calls checkpoint(step) every checkpoint_every."""
+    device = next(model.parameters()).device
+    opt, schedule = make_optimizer(model, pd.optim, pd.steps)
+    order = batches(np.random.default_rng([seed, 0x91C5]), idx, pd.batch_size)
+    losses = []
+    model.train()
+    for step in track(range(1, pd.steps + 1), "pixel_decoder: training", pd.steps, show):
+        x, y = pairs.batch(next(order), device)                    # (B, h, w, D), (B, 3, S, S)
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), pd.optim.grad_clip)
+        opt.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % pd.checkpoint_every == 0 or step == pd.steps:
+            checkpoint(step)
+    tail = max(1, len(losses) // 10)
+    return {"loss_first": losses[0], "loss_last": float(np.mean(losses[-tail:])),
+            "lr_last": schedule.get_last_lr()[0]}
+
+
+def decode_tokens(decoder: PixelDecoder, e: Tensor, chunk: int = 256) -> Tensor:
+    """Normalized tokens (..., h, w, D) -> frames (..., 3, S, S) in [0, 1], float32, on e's device."""
+    device = next(decoder.parameters()).device
+    flat = e.reshape(-1, *e.shape[-3:])                             # (N, h, w, D)
+    with torch.no_grad():
+        out = [decoder(flat[i:i + chunk].to(device, torch.float32)).to(e.device)
+               for i in range(0, len(flat), chunk)]
+    size = decoder.cfg.size
+    frames = torch.cat(out) if out else torch.empty(0, 3, size, size, device=e.device)
+    return frames.reshape(*e.shape[:-3], 3, size, size)
+
+
+def frame_errors(decoder: PixelDecoder, pairs: Pairs, idx: np.ndarray, chunk: int = 128) -> np.ndarray:
+    """Per-frame MSE (len(idx),) of the decoded tokens of frames idx against the frames."""
+    device = next(decoder.parameters()).device
+    errors = []
+    for i in range(0, len(idx), chunk):
+        x, y = pairs.batch(idx[i:i + chunk], device)
+        errors.append((decode_tokens(decoder, x) - y).square().mean(dim=(1, 2, 3)).cpu().numpy())
+    return np.concatenate(errors).astype(np.float64)
+
+
+def quality(errors: np.ndarray) -> dict[str, float]:
+    """MSE over all pixels and mean per-frame PSNR (peak 1) of per-frame MSEs."""
+    psnr = 10.0 * np.log10(1.0 / np.maximum(errors, 1e-10))
+    return {"mse": float(errors.mean()), "psnr": float(psnr.mean())}
+
+
+def mean_frame_errors(pairs: Pairs, train_idx: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per-frame MSE of always answering the mean training frame (the trivial baseline)."""
+    mean = pairs.frames[train_idx].astype(np.float64).mean(0) / 255.0           # (3, S, S)
+    return np.stack([np.square(pairs.frames[i] / 255.0 - mean).mean() for i in idx])
+
+
+def save_pixel_decoder(path: Path, model: PixelDecoder, step: int, meta: dict[str, Any]) -> Path:
+    """Weights, config, step and `meta` (JSON-able) in one safetensors file, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: t.detach().to("cpu").contiguous() for k, t in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(to_dict(model.cfg), sort_keys=True), "step": str(step),
+                "meta": json.dumps(meta, sort_keys=True)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def load_pixel_decoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[PixelDecoder, dict[str, Any]]:
+    """Rebuild the decoder from its file and load the weights strictly: (decoder in eval mode, meta).
+
+    meta holds config, step, and what the training run recorded (encoder, dataset, norm_eps, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such pixel decoder file (run `dila pixel-decoder` first)")
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pixel decoder (metadata format = {metadata.get('format')!r}, "
+                              f"expected {FORMAT!r})")
+    try:
+        cfg = build(PixelDecoderConfig, json.loads(metadata["config"]), "config")
+        meta = {**json.loads(metadata["meta"]), "config": cfg, "step": int(metadata["step"])}
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: bad pixel decoder metadata: {err}") from err
+    model = PixelDecoder(cfg).to(device)
+    load_weights(model, tensors, path)
+    return model.eval(), meta
+
+
+def save_samples(path: Path, decoder: PixelDecoder, pairs: Pairs, idx: np.ndarray) -> None:
+    """A PNG with frames idx on the top row and their decoded tokens below."""
+    device = next(decoder.parameters()).device
+    x, y = pairs.batch(idx, device)
+    rows = torch.stack([y, decode_tokens(decoder, x)]).cpu()                # (2, N, 3, S, S)
+    grid = rows.permute(0, 3, 1, 4, 2).reshape(2 * y.shape[-2], -1, 3)     # (2S, N*S, 3)
+    mpimg.imsave(path, grid.clamp(0, 1).numpy())
+
+
+def run(params: Params, show_progress: bool = True) -> Path:
+    """Train the pixel decoder on params.train.dataset; returns the path of model.safetensors."""
+    pd, name, start = params.pixel_decoder, params.train.dataset, time.perf_counter()
+    pairs, ends, attrs = load_pairs(params, name, show_progress)
+    train_idx, val_idx = split_frames(ends, params.train.val_fraction, params.seed)
+    n, h, w, dim = pairs.tokens.shape
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.seed)
+        model = PixelDecoder(decoder_config(pd, (h, w), dim)).to(device)
+    out = output_dir(params)
+    meta = {"dataset": name, "encoder": attrs["encoder"], "store_plan_sha256": attrs.get("plan_sha256"),
+            "norm_eps": NORM_EPS}
+    path = out / "model.safetensors"
+    fit = train(model, pairs, train_idx, pd, params.seed,
+                lambda step: save_pixel_decoder(path, model, step, meta), show_progress)
+    model.eval()
+    val_eval = spread(val_idx, EVAL_FRAMES)
+    val = quality(frame_errors(model, pairs, val_eval))
+    metrics = {
+        **meta, "steps": pd.steps, "size": pd.size, "device": device.type,
+        "frames": {"train": len(train_idx), "val": len(val_idx), "val_evaluated": len(val_eval)},
+        "val_mse": val["mse"], "val_psnr": val["psnr"],
+        "train_psnr": quality(frame_errors(model, pairs, spread(train_idx, EVAL_FRAMES)))["psnr"],
+        "baseline_mean_frame_val_psnr": quality(mean_frame_errors(pairs, train_idx, val_eval))["psnr"],
+        **fit, "seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    save_samples(out / "samples.png", model, pairs, spread(val_idx, SAMPLES))
+    return path

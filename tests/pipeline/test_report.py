@@ -1,0 +1,126 @@
+import numpy as np
+
+from pipeline import report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def dila_metrics():
+    return {
+        "variant": "dila", "dataset": "synthetic", "encoder_weights": "pretrained@abc123",
+        "encoder": {"model": "facebook/dinov2-small", "weights": "pretrained@abc123"},
+        "rollout": {"episodes": 8, "context": 1, "horizon": 3, "frame_skip": 1,
+                    "token_mse": 0.25, "token_mse_per_step": [0.1, 0.25, 0.4],
+                    "cosine": 0.9, "cosine_per_step": [0.95, 0.9, 0.85], "ssim": 0.81234, "ssim_per_step": [0.9, 0.8, 0.74],
+                    "baseline": {"token_mse": 0.5, "token_mse_per_step": [0.3, 0.5, 0.7], "cosine": 0.8,
+                                 "cosine_per_step": [0.9, 0.8, 0.7], "ssim": 0.7, "ssim_per_step": [0.8, 0.7, 0.6]}},
+        "cycle_transfer": {"pairs": 8, "frames": 8, "token_mse": 0.3333333, "baseline_token_mse": 0.6, "ssim": 0.75},
+        "teacher_forced": {"val_mse": 0.216, "step": 1000, "record": "x"},
+        "probe": {"synthetic": {"mse": 0.009, "r2": 0.95, "r2_translation": 0.99}},
+        "motion_isolation": {"drift": 0.001, "reference": 0.2},
+        "ground_truth": {"pairs": 8, "reencode_mse": 0.0, "rebinding": {"token_mse": 0.4, "baseline_token_mse": 0.7},
+                         "action_transfer": {"token_mse": 0.3, "baseline_token_mse": 0.5}},
+        "unavailable": {"rollout.lpips": "lpips not installed", "rollout.baseline.lpips": "lpips not installed",
+                        "cycle_transfer.lpips": "lpips not installed"},
+    }
+
+
+def no_content_metrics():
+    return {
+        "variant": "no_content", "dataset": "synthetic", "encoder_weights": "pretrained@abc123",
+        "encoder": {"model": "facebook/dinov2-small", "weights": "pretrained@abc123"},
+        "probe": {},
+        "motion_isolation": {"drift": 0.0, "reference": 0.2},
+        "unavailable": {"rollout": "no rollouts", "cycle_transfer": "no rollouts",
+                        "teacher_forced": "no phase-1 record at m.json", "probe.synthetic": "no rollouts",
+                        "ground_truth": "needs a synthetic train.dataset"},
+    }
+
+
+EXPECTED = """\
+# Evaluation
+
+Dataset: synthetic. Encoder: facebook/dinov2-small, weights pretrained@abc123.
+Rollouts: 8 held-out episodes, 1 context frame(s), horizon 3, frame_skip 1.
+
+## Ablation (lower is better, except SSIM, cosine and R²)
+
+| model | rollout token MSE | rollout SSIM | rollout LPIPS | cycle transfer token MSE | cycle transfer SSIM | \
+teacher-forced val MSE | probe synthetic MSE | probe synthetic R² | probe synthetic R² (dx, dy) |
+|---|---|---|---|---|---|---|---|---|---|
+| dila | 0.25 | 0.8123 | n/a [1] | 0.3333 | 0.75 | 0.216 @ 1000 steps | 0.009 | 0.95 | 0.99 |
+| no_content | n/a [2] | n/a [2] | n/a [2] | n/a [2] | n/a [2] | n/a [3] | n/a [2] | n/a [2] | n/a [2] |
+| repeat last frame | 0.5 | 0.7 | n/a [1] | 0.6 | — | — | — | — | — |
+
+Token errors are on normalized tokens; SSIM/LPIPS compare decoded rollouts with decoded true tokens; \
+probe MSE is in train-set standard deviations of each action dimension.
+
+## Synthetic ground truth (token MSE, lower is better)
+
+| model | action transfer | static target (baseline) | rebinding | structure clip (baseline) | re-encoding check | \
+motion-isolation drift | true clip change |
+|---|---|---|---|---|---|---|---|
+| dila | 0.3 | 0.5 | 0.4 | 0.7 | 0 | 0.001 | 0.2 |
+| no_content | n/a [4] | n/a [4] | n/a [4] | n/a [4] | n/a [4] | 0 | 0.2 |
+
+## Notes
+
+[1] lpips not installed
+[2] no rollouts
+[3] no phase-1 record at m.json
+[4] needs a synthetic train.dataset
+"""
+
+
+def test_format_table_exact_output():
+    table = report.format_table({"dila": dila_metrics(), "no_content": no_content_metrics()})
+    assert table == EXPECTED
+
+
+def test_random_init_encoder_is_flagged_in_the_header():
+    m = dila_metrics()
+    m["encoder_weights"] = "random-init (seed 0)"
+    table = report.format_table({"dila": m})
+    assert "weights random-init (seed 0)." in table
+    assert "**Random-init encoder: these tokens do not come from pretrained DINOv2 weights" in table
+    assert "Random-init" not in report.format_table({"dila": dila_metrics()})
+
+
+def test_missing_value_without_a_recorded_reason_says_so():
+    m = dila_metrics()
+    del m["cycle_transfer"]["ssim"]
+    table = report.format_table({"dila": m})
+    assert "| 0.3333 | n/a [2] |" in table
+    assert "[2] cycle_transfer.ssim not recorded in metrics.json" in table
+
+
+def test_baseline_row_without_any_rollout():
+    table = report.format_table({"no_content": no_content_metrics()})
+    assert "| repeat last frame | n/a [3] | n/a [3] | n/a [3] | n/a [3] | — | — | — | — |" in table
+    assert "[3] no variant has rollouts" in table
+
+
+def latents():
+    rng = np.random.default_rng(0)
+    return {"z": rng.normal(size=(40, 6)).astype(np.float32), "family": np.repeat(np.arange(4), 10).astype(np.int32),
+            "families": np.array(["translate", "scale", "rotate", "compose"])}
+
+
+def test_write_report_writes_table_and_plots_and_drops_stale_plots(tmp_path):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "old.png").write_bytes(PNG)
+    metrics = {"dila": dila_metrics(), "no_content": no_content_metrics()}
+    path = report.write_report(tmp_path, metrics, {"dila": latents()})
+    assert path == tmp_path / "table.md" and path.read_text() == EXPECTED
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["latent_pca.png", "rollout_error.png"]
+    for name in pngs:
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == PNG
+
+
+def test_plots_are_skipped_without_data(tmp_path):
+    assert report.plot_rollout_error({"no_content": no_content_metrics()}, tmp_path / "a.png") is None
+    assert report.plot_latents({}, tmp_path / "b.png") is None
+    unknown = {**latents(), "family": np.full(40, -1, np.int32), "families": np.array([], dtype=str)}
+    assert report.plot_latents({"x": unknown}, tmp_path / "c.png") == tmp_path / "c.png"
+    assert not (tmp_path / "a.png").exists() and (tmp_path / "c.png").read_bytes()[:8] == PNG

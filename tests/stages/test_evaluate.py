@@ -1,0 +1,180 @@
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from pipeline import metrics as M
+from pipeline.split import split_episodes
+from pipeline.store import open_store
+from pipeline.sources.synthetic import MOTIONS
+from stages import evaluate, extract, prepare, rollout
+from stages.train import final_record
+from tests.stages.test_rollout import save_decoder, save_model, stage_params
+
+ONLY_DILA = "variants.dila.variant=dila"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Store, an untrained tiny dila model, its rollouts and its metrics (no pixel decoder)."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    params = stage_params(tmp, ONLY_DILA)
+    prepare.run(params, "synthetic", show_progress=False)
+    extract.run(params, "synthetic", show_progress=False)
+    model = save_model(params, "dila")
+    rollout.run(params, "dila", show_progress=False)
+    path = evaluate.run(params, "dila")
+    return SimpleNamespace(params=params, tmp=tmp, model=model, path=path, metrics=json.loads(path.read_text()))
+
+
+def normalized_rollouts(params):
+    group = zarr.open_group(rollout.rollout_store(params, "dila"), mode="r")
+    root = open_store(extract.store_path(params, "synthetic"))
+    mean, std = root["stats/mean"][:], root["stats/std"][:]
+    return (rollout.normalize(group["truth"][:], mean, std), rollout.normalize(group["predicted"][:], mean, std))
+
+
+def test_metrics_file_identifies_model_data_and_encoder(run):
+    m = run.metrics
+    assert run.path == Path(run.params.paths.eval) / "dila" / "metrics.json"
+    assert (m["format"], m["variant"], m["dataset"]) == ("dila-metrics/1", "dila", "synthetic")
+    assert m["encoder_weights"] == "random-init (seed 0)" and m["encoder"]["weights"] == "random-init (seed 0)"
+    assert (m["model"]["phase"], m["model"]["step"], m["model"]["bottleneck"]) == ("finetune", 5, "continuous")
+    assert m["clips"] == {"count": 2, "frames": 4, "frame_skip": 1}
+
+
+def test_rollout_errors_are_computed_from_the_stored_rollouts(run):
+    truth, pred = normalized_rollouts(run.params)
+    r = run.metrics["rollout"]
+    np.testing.assert_allclose(r["token_mse_per_step"], np.square(pred - truth[:, 1:]).mean(axis=(0, 2, 3, 4)))
+    np.testing.assert_allclose(r["cosine_per_step"], M.cosine_per_step(pred, truth[:, 1:]))
+    base = np.square(truth[:, :1] - truth[:, 1:]).mean(axis=(0, 2, 3, 4))
+    np.testing.assert_allclose(r["baseline"]["token_mse_per_step"], base)
+    assert r["token_mse"] == pytest.approx(np.mean(r["token_mse_per_step"]))
+    assert (r["episodes"], r["context"], r["horizon"]) == (2, 1, 3)
+
+
+def val_clips(params):
+    _, val = rollout.split_windows(params, "synthetic", params.train.seq_len)
+    return rollout.stack(val, rollout.pick(val, tile=False))
+
+
+def test_cycle_transfer_and_isolation_match_the_model(run):
+    e = val_clips(run.params)["e"]
+    with torch.no_grad():
+        back = M.cycle_transfer(lambda s, t: run.model.transfer(torch.from_numpy(s), torch.from_numpy(t)).numpy(),
+                                e, np.roll(e, -1, axis=0))
+        frozen = run.model.isolate_motion(torch.from_numpy(e)).numpy()
+    c = run.metrics["cycle_transfer"]
+    assert c["pairs"] == 2 and c["token_mse"] == pytest.approx(np.square(back - e[:, 1:]).mean(), rel=1e-5)
+    assert c["baseline_token_mse"] == pytest.approx(np.square(e[:, :1] - e[:, 1:]).mean(), rel=1e-6)
+    iso = run.metrics["motion_isolation"]
+    np.testing.assert_allclose(iso["drift_per_step"], M.isolation_drift(frozen), rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(iso["reference_per_step"], M.isolation_drift(e[:, 1:]), rtol=1e-6)
+
+
+def test_ground_truth_renders_reproduce_the_store_and_score_the_model(run):
+    gt = run.metrics["ground_truth"]
+    assert gt["pairs"] == 2
+    assert gt["reencode_mse"] < 1e-6  # render + frozen encoder reproduce the stored tokens
+    for key in ("action_transfer", "rebinding"):
+        assert gt[key]["token_mse"] > 0 and gt[key]["baseline_token_mse"] > 0
+
+
+def test_probe_fits_on_train_episodes_and_scores_held_out_ones(run):
+    probe = run.metrics["probe"]["synthetic"]
+    # 10-frame episodes tiled by 4-frame windows at offsets 0, 3, 6: 9 transitions per episode
+    train, val = split_episodes(6, 0.34, run.params.seed)
+    assert (probe["train_samples"], probe["test_samples"]) == (9 * len(train), 9 * len(val))
+    assert len(probe["r2_per_dim"]) == 4 and probe["alpha"] == 1.0
+    defined = [v for i, v in enumerate(probe["r2_per_dim"]) if i in (0, 1) and v is not None]
+    assert probe["r2_translation"] == pytest.approx(np.mean(defined))
+
+
+def test_probe_targets_are_the_actions_at_frame_skip_one(run):
+    clips = val_clips(run.params)
+    np.testing.assert_allclose(evaluate.probe_targets("synthetic", run.params, clips),
+                               clips["actions"][:, :-1], atol=1e-6)
+    del clips["actions"]
+    clips["labels"].pop("pose")
+    with pytest.raises(evaluate.Unavailable, match="has no actions"):
+        evaluate.probe_targets("synthetic", run.params, clips)
+
+
+def test_latents_file_holds_validation_z_and_motion_families(run):
+    with np.load(evaluate.latents_path(run.params, "dila")) as f:
+        z, family, names = f["z"], f["family"], f["families"]
+    assert z.shape == (18, run.model.cfg.bottleneck.d_z) and names.tolist() == list(MOTIONS)
+    motion = val_clips(run.params)["labels"]["motion"]  # one family per episode
+    assert set(family.tolist()) == set(motion[:, 0].tolist())
+
+
+def test_unavailable_metrics_carry_their_reason(run):
+    gone = run.metrics["unavailable"]
+    assert gone["rollout.ssim"].startswith("no pixel decoder at") and "rollout.ssim" not in run.metrics["rollout"]
+    assert "teacher_forced" not in run.metrics
+    assert gone["teacher_forced"].startswith(f"no phase-1 record at {final_record(run.params, 'dila', 'train')}")
+
+
+def test_teacher_forced_mse_is_read_from_the_phase_one_record(run):
+    path = final_record(run.params, "dila", "train")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"val": {"L_e": 0.25, "loss": 0.7}, "spec": {"steps": 12}}))
+    ctx = SimpleNamespace(params=run.params, variant="dila")
+    try:
+        assert evaluate.teacher_forced_section(ctx) == {"val_mse": 0.25, "step": 12, "record": str(path)}
+        path.write_text(json.dumps({"val": {}, "spec": {"steps": 12}}))
+        with pytest.raises(evaluate.Unavailable, match="no final validation L_e"):
+            evaluate.teacher_forced_section(ctx)
+    finally:
+        path.unlink()
+
+
+def test_pixel_metrics_with_a_pixel_decoder(run):
+    p = run.params
+    save_decoder(p, open_store(extract.store_path(p, "synthetic")).attrs["dila"]["plan_sha256"])
+    try:
+        m = json.loads(evaluate.run(p, "dila").read_text())
+    finally:
+        rollout.pixel_decoder_path(p).unlink()
+        evaluate.run(p, "dila")
+    for section in (m["rollout"], m["rollout"]["baseline"], m["cycle_transfer"]):
+        assert -1 <= section["ssim"] <= 1
+    assert len(m["rollout"]["ssim_per_step"]) == 3
+    assert ("lpips" in m["rollout"]) != ("rollout.lpips" in m["unavailable"])
+
+
+def test_stale_or_missing_rollouts_are_errors(run):
+    p = stage_params(run.tmp, ONLY_DILA, "rollout.horizon=2")
+    with pytest.raises(ValueError, match=r"rollouts made with .* run `dila rollout dila` again"):
+        evaluate.run(p, "dila")
+    p = stage_params(run.tmp, ONLY_DILA, f"paths.eval={run.tmp}/elsewhere")
+    with pytest.raises(FileNotFoundError, match="run `dila rollout dila` first"):
+        evaluate.run(p, "dila")
+
+
+def test_variant_without_latent_actions(run):
+    p = stage_params(run.tmp, "variants.nola.variant=no_latent_action")
+    save_model(p, "nola", kind="no_latent_action", phase="train")
+    rollout.run(p, "nola", show_progress=False)
+    m = json.loads(evaluate.run(p, "nola").read_text())
+    gone = m["unavailable"]
+    for key in ("rollout", "cycle_transfer", "probe.synthetic", "ground_truth.action_transfer"):
+        assert "has no latent actions" in gone[key], key
+    assert m["ground_truth"]["rebinding"]["token_mse"] > 0 and "drift" in m["motion_isolation"]
+    assert not evaluate.latents_path(p, "nola").exists()
+
+
+def test_summarize_writes_the_table_and_plots(run):
+    table = evaluate.summarize(run.params)
+    text = table.read_text()
+    assert table == Path(run.params.paths.eval) / "table.md"
+    assert "\n| dila | " in text and "\n| repeat last frame | " in text and "random-init (seed 0)" in text
+    assert sorted(p.name for p in (table.parent / "plots").iterdir()) == ["latent_pca.png", "rollout_error.png"]
+    p = stage_params(run.tmp, "variants.other.variant=dila")
+    with pytest.raises(FileNotFoundError, match="run `dila evaluate other` first"):
+        evaluate.summarize(p)

@@ -1,0 +1,140 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from matplotlib import image as mpimg
+
+from dila_core import DiLA, preset
+from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
+from pipeline.checkpoint import CheckpointError, save_checkpoint
+from pipeline.split import episode_bounds, split_episodes
+from pipeline.store import open_store
+from pipeline.windows import EPS
+from stages import extract, prepare, rollout
+from stages.pixel_decoder import save_pixel_decoder
+from stages.train import final_weights
+from tests.conftest import make_params
+
+GRID, DIM = (3, 3), 384  # the tiny store: 42 px frames through DINOv2-S
+
+
+def stage_params(tmp, *extra):
+    return make_params(tmp, f"paths.models={tmp}/models", f"paths.eval={tmp}/eval", f"paths.logs={tmp}/logs",
+                       "train.val_fraction=0.34", "train.seq_len=4", "rollout.horizon=3", "rollout.episodes=5", *extra)
+
+
+@pytest.fixture(scope="module")
+def params(tmp_path_factory):
+    p = stage_params(tmp_path_factory.mktemp("rollout"))
+    prepare.run(p, "synthetic", show_progress=False)
+    extract.run(p, "synthetic", show_progress=False)
+    return p
+
+
+def save_model(params, variant, kind="dila", bottleneck="continuous", phase=None) -> DiLA:
+    torch.manual_seed(1)
+    model = DiLA(preset("tiny", variant=kind, bottleneck=bottleneck, grid=GRID, token_dim=DIM)).eval()
+    save_checkpoint(final_weights(params, variant, phase or rollout.final_phase(params, variant)), model, 5)
+    return model
+
+
+def store_arrays(params):
+    root = open_store(extract.store_path(params, "synthetic"))
+    return root["tokens"][:], episode_bounds(root["episode_ends"][:]), root["stats/mean"][:], root["stats/std"][:]
+
+
+def test_rollout_store_holds_the_true_windows_and_the_models_rollout(params):
+    model = save_model(params, "dila")
+    out = rollout.run(params, "dila", show_progress=False)
+    group = zarr.open_group(out / "tokens.zarr", mode="r")
+    tokens, bounds, mean, std = store_arrays(params)
+    _, val = split_episodes(len(bounds), 0.34, params.seed)
+    assert group["episodes"][:].tolist() == val.tolist() and len(val) == 2  # 2 held out, 5 asked for
+    frames = bounds[val, :1] + np.arange(4)
+    np.testing.assert_array_equal(group["frames"][:], frames)
+    np.testing.assert_array_equal(group["truth"][:], tokens[frames])
+    e = torch.from_numpy((tokens[frames].astype(np.float32) - mean) / (std + EPS))
+    with torch.no_grad():
+        want = model.rollout(e[:, :1], model.infer_actions(e), 3).e.numpy() * (std + EPS) + mean
+    assert group["predicted"].shape == (2, 3, *GRID, DIM) and group["predicted"].dtype == np.float16
+    np.testing.assert_allclose(group["predicted"][:].astype(np.float32), want, rtol=2e-3, atol=2e-3)
+    attrs = group.attrs["dila_rollout"]
+    assert attrs["checkpoint"]["step"] == 5 and attrs["checkpoint"]["phase"] == "finetune"
+    assert (attrs["context"], attrs["horizon"], attrs["frame_skip"]) == (1, 3, 1)
+    assert attrs["predicted"] == "ok" and attrs["pixels"].startswith("unavailable: no pixel decoder at")
+    assert attrs["encoder"]["weights"] == "random-init (seed 0)"
+    assert not list(out.glob("*.png"))
+
+
+def save_decoder(params, plan):
+    torch.manual_seed(0)
+    decoder = PixelDecoder(PixelDecoderConfig(in_dim=DIM, grid=GRID, size=8, width=16))
+    save_pixel_decoder(rollout.pixel_decoder_path(params), decoder, 1, {"store_plan_sha256": plan})
+
+
+def test_png_grids_are_written_with_a_pixel_decoder_and_dropped_without(params):
+    save_model(params, "dila")
+    path = extract.store_path(params, "synthetic")
+    save_decoder(params, open_store(path).attrs["dila"]["plan_sha256"])
+    try:
+        out = rollout.run(params, "dila", show_progress=False)
+        pngs = sorted(out.glob("episode_*.png"))
+        episodes = zarr.open_group(out / "tokens.zarr", mode="r")["episodes"][:]
+        assert [p.name for p in pngs] == [f"episode_{e:04d}.png" for e in episodes]
+        assert mpimg.imread(pngs[0]).shape[:2] == (2 * 8 + 2, 4 * 8 + 3 * 2)  # 2 rows x 4 frames, 2 px gaps
+        assert zarr.open_group(out / "tokens.zarr", mode="r").attrs["dila_rollout"]["pixels"] == "2 PNG grids"
+        save_decoder(params, "another store")
+        out = rollout.run(params, "dila", show_progress=False)
+        assert not list(out.glob("*.png"))
+        assert "trained on another feature store" in \
+            zarr.open_group(out / "tokens.zarr", mode="r").attrs["dila_rollout"]["pixels"]
+    finally:
+        rollout.pixel_decoder_path(params).unlink()
+
+
+def test_variant_without_latent_actions_stores_the_truth_only(params):
+    p = stage_params(Path(params.paths.features).parent, "variants.nola.variant=no_latent_action")
+    save_model(p, "nola", kind="no_latent_action", phase="train")
+    group = zarr.open_group(rollout.run(p, "nola", show_progress=False) / "tokens.zarr", mode="r")
+    assert "predicted" not in group and group["truth"].shape == (2, 4, *GRID, DIM)
+    assert "has no latent actions" in group.attrs["dila_rollout"]["predicted"]
+
+
+def test_missing_or_mismatched_weights_are_clear_errors(params):
+    missing = final_weights(params, "discrete_z", "finetune")
+    with pytest.raises(FileNotFoundError, match=f"{missing}.*run `dila finetune discrete_z` first"):
+        rollout.run(params, "discrete_z", show_progress=False)
+    save_model(params, "gaussian_z")  # a continuous model under the gaussian variant's name
+    with pytest.raises(CheckpointError, match="continuous bottleneck, but variants.gaussian_z is dila with gaussian"):
+        rollout.run(params, "gaussian_z", show_progress=False)
+    final_weights(params, "gaussian_z", "finetune").unlink()
+
+
+def test_normalize_matches_the_training_windows_and_inverts(params):
+    tokens, bounds, mean, std = store_arrays(params)
+    train, val = rollout.split_windows(params, "synthetic", 4)
+    item = val[0]
+    first = item["frame"]
+    np.testing.assert_allclose(rollout.normalize(tokens[first:first + 4], mean, std), item["e"].numpy(), rtol=1e-6)
+    back = rollout.denormalize(rollout.normalize(tokens[:3], mean, std), mean, std)
+    np.testing.assert_allclose(back, tokens[:3].astype(np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_pick_starts_at_the_episode_start_or_tiles_the_episode(params):
+    _, val = rollout.split_windows(params, "synthetic", 4)
+    start = val.bounds[val.windows[:, 1], 0]
+    first = rollout.pick(val, tile=False)
+    assert (val.windows[first, 0] == start[first]).all() and len(first) == 2
+    assert len(rollout.pick(val, tile=False, limit=1)) == 1
+    tiled = rollout.pick(val, tile=True)  # 10 frames, windows of 4 sharing one frame: offsets 0, 3, 6
+    assert sorted((val.windows[tiled, 0] - start[tiled]).tolist()) == [0, 0, 3, 3, 6, 6]
+
+
+def test_grid_image_layout():
+    rows = [np.zeros((3, 2, 2, 3)), np.full((2, 2, 2, 3), 0.5)]
+    img = rollout.grid_image(rows, gap=1)
+    assert img.shape == (5, 8, 3)
+    assert (img[2] == 1).all() and (img[:2, 2] == 1).all()        # white gaps
+    assert (img[3:, :2] == 0.5).all() and (img[3:, 6:] == 1).all()  # a short row is padded with white
