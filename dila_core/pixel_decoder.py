@@ -1,13 +1,17 @@
 """Pixel decoder: normalized patch tokens back to RGB frames, for image grids and SSIM/LPIPS.
 
 Tokens (B, h, w, D), normalized per channel as the world model sees them, go through a
-1x1 projection to `width` channels on the token grid, `blocks` residual conv blocks there,
-then doublings of resolution (bilinear + 3x3 conv, or 3x3 conv + pixel shuffle) until the
-grid reaches the output size, each followed by one residual block while the resolution is
-still below the output size. Channels halve at every doubling (never below `min_width`),
-so the cost per resolution stays about constant. A grid that is not the output size times a
-power of two is resized once at the end (bilinear, antialiased when shrinking). A 3x3 conv
-and a sigmoid give frames (B, 3, size, size) in [0, 1].
+1x1 projection to `width` channels on the token grid and `blocks` residual conv blocks
+(GroupNorm + SiLU) there. The grid then has to double `doublings` times to reach the
+output size. The last `head_doublings` of them are done by the head: a 3x3 conv to
+3 * 4^k channels and a pixel shuffle by 2^k, i.e. every grid cell predicts its own
+2^k x 2^k patch of pixels. Any doublings before that are conv stages (bilinear + 3x3 conv,
+or 3x3 conv + pixel shuffle) followed by one residual block, halving the channels each time
+(never below `min_width`). Keeping the work on the coarse grid is what makes training cheap
+on a CPU; on the default 8x8 store grid and 64x64 frames all three doublings are in the head.
+Where the grid times a power of two is not the output size, the logits are resized once
+(bilinear, antialiased when shrinking); a sigmoid gives frames (B, 3, size, size) in [0, 1].
+Frames are decoded independently of each other.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ UPSAMPLE = ("bilinear", "pixel_shuffle")
 class PixelDecoderConfig:
     """in_dim: token width D; grid: (h, w) token grid; size: output height = width;
     width: channels on the token grid; min_width: floor of the halving channel count;
-    blocks: residual blocks on the token grid; upsample: how each doubling is done."""
+    blocks: residual blocks on the token grid; upsample: how a conv-stage doubling is done;
+    head_doublings: doublings done by the head's pixel shuffle (at most `doublings` are used)."""
 
     in_dim: int
     grid: tuple[int, int]
@@ -36,8 +41,8 @@ class PixelDecoderConfig:
     width: int = 64
     min_width: int = 16
     blocks: int = 2
-    upsample: Literal["bilinear", "pixel_shuffle"] = "bilinear"
-    head_doublings: int = 2
+    upsample: Literal["bilinear", "pixel_shuffle"] = "pixel_shuffle"
+    head_doublings: int = 3
 
     def validate(self, where: str) -> None:
         check_ints(self, where, "in_dim size width min_width")

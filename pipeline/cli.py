@@ -39,13 +39,15 @@ def _params(path: Path, overrides: list[str] | None) -> Params:
 
 def _guard(fn, *args, **kwargs):
     """Run a stage; expected failures become one clear line and exit status 1."""
+    from pipeline.checkpoint import CheckpointError
     from pipeline.encoder import EncoderUnavailable
     from pipeline.sources import EpisodeError, SourceError
     from pipeline.store import StoreError
 
     try:
         return fn(*args, **kwargs)
-    except (ParamsError, SourceError, EpisodeError, StoreError, EncoderUnavailable) as e:
+    except (ParamsError, SourceError, EpisodeError, StoreError, EncoderUnavailable, CheckpointError,
+            FileNotFoundError) as e:
         _fail(str(e))
 
 
@@ -71,6 +73,60 @@ def extract(name: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = N
     p = _params(params, set_)
     path = _guard(stage.run, p, name, show_progress=not quiet)
     out.print(f"extract {name}: wrote {path}")
+
+
+@app.command()
+def train(variant: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False):
+    """Phase 1: train model VARIANT with teacher forcing on the cached tokens (resumable)."""
+    from stages import train as stage
+
+    path = _guard(stage.run, _params(params, set_), variant, show_progress=not quiet)
+    out.print(f"train {variant}: wrote {path}")
+
+
+@app.command()
+def finetune(variant: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False):
+    """Phase 2: fine-tune VARIANT on latent rollouts, from its phase-1 weights (resumable)."""
+    from stages import finetune as stage
+
+    path = _guard(stage.run, _params(params, set_), variant, show_progress=not quiet)
+    out.print(f"finetune {variant}: wrote {path}")
+
+
+@app.command("pixel-decoder")
+def pixel_decoder(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False):
+    """Train the pixel decoder (cached tokens -> frames) used for image grids and SSIM/LPIPS."""
+    from stages import pixel_decoder as stage
+
+    path = _guard(stage.run, _params(params, set_), show_progress=not quiet)
+    out.print(f"pixel-decoder: wrote {path}")
+
+
+@app.command()
+def rollout(variant: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """Roll VARIANT out autoregressively on held-out episodes; write tokens and image grids."""
+    from stages import rollout as stage
+
+    path = _guard(stage.run, _params(params, set_), variant)
+    out.print(f"rollout {variant}: wrote {path}")
+
+
+@app.command()
+def evaluate(variant: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """Score VARIANT: rollout error vs the repeat-last-frame baseline, transfer, probe, ground truth."""
+    from stages import evaluate as stage
+
+    path = _guard(stage.run, _params(params, set_), variant)
+    out.print(f"evaluate {variant}: wrote {path}")
+
+
+@app.command()
+def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """Write the ablation table (Markdown) and plots from every variant's metrics."""
+    from stages import evaluate as stage
+
+    path = _guard(stage.summarize, _params(params, set_))
+    out.print(f"report: wrote {path}")
 
 
 @app.command()

@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -144,7 +144,11 @@ def load_state(path: Path, model: nn.Module, opt, sched, plan: dict, d: Dist) ->
     (0: nothing to resume; a state of another plan is ignored and later overwritten)."""
     if not path.is_file():
         return 0
-    with safe_open(str(path), framework="pt", device="cpu") as f:
+    try:
+        f = safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: unreadable training state ({err}); delete it to start afresh") from err
+    with f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a training state (metadata format = {meta.get('format')!r})")
@@ -187,11 +191,21 @@ def open_live(directory: Path, resumed_from: int):
     if resumed_from:
         for tsv in (directory / "plots" / "metrics").rglob("*.tsv"):
             with open(tsv, newline="") as f:
-                rows = list(csv.reader(f, delimiter="\t"))
-            keep = [rows[0]] + [r for r in rows[1:] if int(r[rows[0].index("step")]) <= resumed_from]
+                header, *rows = list(csv.reader(f, delimiter="\t")) or [[]]
+            keep = [r for r in rows if _logged_by(r, header, resumed_from)]
             with open(tsv, "w", newline="") as f:
-                csv.writer(f, delimiter="\t", lineterminator=os.linesep).writerows(keep)
+                csv.writer(f, delimiter="\t", lineterminator=os.linesep).writerows([header, *keep])
     return Live(str(directory), resume=bool(resumed_from), save_dvc_exp=False, dvcyaml=None, report=None)
+
+
+def _logged_by(row: list[str], header: list[str], step: int) -> bool:
+    """Whether a metrics row is complete and belongs to a step <= `step` (a kill can cut a row)."""
+    if "step" not in header or len(row) != len(header):
+        return False
+    try:
+        return int(row[header.index("step")]) <= step
+    except ValueError:
+        return False
 
 
 class Meter:
@@ -268,6 +282,9 @@ class Trainer:
         lr = self.opt.param_groups[0]["lr"]
         with _autocast(self.d):
             loss, logs = self.net(e)
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"training diverged at update {self.sched.last_epoch + 1}: "
+                                     f"{_floats(logs)}; lower the learning rate")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.optim.grad_clip)
@@ -333,6 +350,8 @@ def clear_state(files: RunFiles, d: Dist) -> None:
     if d.is_main:
         files.state.unlink(missing_ok=True)
         files.state.with_name(files.state.name + ".tmp").unlink(missing_ok=True)
+        if files.state.parent.is_dir() and not any(files.state.parent.iterdir()):
+            files.state.parent.rmdir()
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:

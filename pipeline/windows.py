@@ -12,10 +12,11 @@ returns item i as
     frame, episode                  the window's first frame (global index) and its episode
 
 The tokens array is opened lazily inside each DataLoader worker (`worker_init` drops any
-handle a fork copied); actions and labels (small) are read into memory once. `StepBatches` yields the batches of global steps
-start..stop-1; the windows of step k are a function of (seed, k) only: step k takes
-positions k*B .. k*B + B - 1 of an endless sequence of seeded permutations (one per
-epoch over the windows). So a run resumed at step k reads exactly the batches an
+handle a fork copied); actions and labels (small) are read into memory once.
+
+`StepBatches` yields the batches of global steps start..stop-1; the windows of step k
+are a function of (seed, k) only: step k takes positions k*B .. k*B + B - 1 of an
+endless sequence of seeded permutations (one per epoch over the windows). So a run resumed at step k reads exactly the batches an
 uninterrupted run reads, and under DDP rank r of W takes slice r of each global batch.
 """
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Windows(Dataset):
         self.actions = root["actions"][:] if "actions" in root else None                        # (F, a)
         self.labels = {name: a[:] for name, a in sorted(root["labels"].arrays())} if "labels" in root else {}
         self.attrs = attrs
-        self.windows = window_starts(self.bounds, episodes, seq_len, frame_skip)  # (N, 2)
+        self.episodes = np.sort(np.asarray(episodes, dtype=np.int64))
+        self.windows = window_starts(self.bounds, self.episodes, seq_len, frame_skip)  # (N, 2)
         if len(self.windows) == 0:
             longest = int((self.bounds[:, 1] - self.bounds[:, 0]).max(initial=0))
             raise ValueError(f"{self.path}: no window of seq_len={seq_len} frames with frame_skip={frame_skip} "
@@ -160,7 +162,10 @@ def worker_init(_: int) -> None:
 
 def loader(windows: Windows, batches: Sampler[list[int]], workers: int, device: torch.device) -> DataLoader:
     """Batches of `windows` in the order `batches` gives, read by `workers` processes
-    (0 = in this process) with prefetching, pinned on CUDA."""
+    (0 = in this process) with prefetching, pinned on CUDA. The loader draws its worker seeds from
+    its own generator, never from the global RNG the model's noise comes from (so when a loader
+    is made, e.g. at a resume, does not change the training run)."""
     return DataLoader(windows, batch_sampler=batches, num_workers=workers,
                       prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda",
-                      worker_init_fn=worker_init, persistent_workers=False)
+                      worker_init_fn=worker_init, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(0))

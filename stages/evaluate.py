@@ -1,20 +1,17 @@
 """Stage `evaluate@<variant>`: every evaluation of one variant, as a DVC metrics file; and
 stage `report` (`summarize`): the table and plots over all variants.
 
-All token errors are measured on normalized tokens (the model's space). Clips are the
-held-out episodes of `train.dataset` (the shared split), from each episode's first frame,
-`train.frame_skip` apart; "clip" below means `train.seq_len` frames (the model's training
-length), from the first `rollout.episodes` such episodes. Sections of
-`<paths.eval>/<variant>/metrics.json`:
+Token errors are on normalized tokens (the model's space). A "clip" is `train.seq_len` frames
+`train.frame_skip` apart from the first frame of one of the first `rollout.episodes` held-out
+episodes of `train.dataset`. Sections of `<paths.eval>/<variant>/metrics.json`:
 
-- rollout: from the rollout stage's tokens; token MSE and cosine per horizon step, their
-  means, and the same for the "repeat the last context frame" baseline; SSIM (and LPIPS)
-  of pixel-decoded frames: decoded rollout vs decoded true tokens, so decoder error cancels.
-- cycle_transfer: clip i's motion moved onto clip i+1's first frame and back onto clip i's
-  (`pipeline.metrics.cycle_transfer`); token MSE to clip i (baseline: repeating its first
-  frame), SSIM where the pixel decoder exists.
-- teacher_forced: phase 1's final validation L_e (teacher-forced MSE) and its step, from
-  the trainer's record beside the phase-1 weights.
+- rollout: from the rollout stage's tokens; token MSE and cosine per horizon step and their
+  means, also for the "repeat the last context frame" baseline; SSIM (LPIPS) of decoded
+  rollouts vs decoded true tokens (the pixel decoder's own error cancels).
+- cycle_transfer: clip i's motion onto clip i+1's first frame and back onto clip i's
+  (`pipeline.metrics.cycle_transfer`); token MSE to clip i (baseline: its first frame
+  repeated), SSIM where the pixel decoder exists.
+- teacher_forced: phase 1's final validation L_e and its step, from the trainer's record.
 - probe.<dataset>: ridge probe z -> true actions (`evaluate.probe_alpha`), fit on the train
   episodes' clips tiling each episode, scored on the validation episodes'; on synthetic data
   the target is the pose change between the two frames (= the action when frame_skip is 1)
@@ -29,7 +26,7 @@ length), from the first `rollout.episodes` such episodes. Sections of
 - unavailable: "section[.metric]" -> why it could not be computed (never a made-up value).
 
 `latents.npz` beside it holds z of the validation clips of train.dataset with their motion
-family (-1 where unknown), for the latent-manifold plot.
+family (-1 where unknown), for the latent-manifold plot (no rows for a variant without z).
 """
 from __future__ import annotations
 
@@ -103,7 +100,8 @@ def lpips_metric() -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray] | Non
             import lpips
             net = lpips.LPIPS(net="alex", verbose=False).eval()
         except Exception as err:  # import or weight download; any failure means: not available here
-            _LPIPS["fn"], _LPIPS["why"] = None, f"LPIPS unavailable ({type(err).__name__}: {err}); install the lpips extra"
+            why = f"LPIPS unavailable ({type(err).__name__}: {err}); install the lpips extra"
+            _LPIPS["fn"], _LPIPS["why"] = None, why
         else:
             def fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 ta, tb = (torch.from_numpy(x).permute(0, 3, 1, 2).float() * 2 - 1 for x in (a, b))
@@ -135,13 +133,15 @@ def rollout_section(ctx: Context) -> dict[str, Any]:
     p, r = ctx.params, ctx.params.rollout
     path = rollout_store(p, ctx.variant)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no rollouts for variant {ctx.variant!r}; run `dila rollout {ctx.variant}` first")
+        raise FileNotFoundError(f"{path}: no rollouts for variant {ctx.variant!r}; "
+                                f"run `dila rollout {ctx.variant}` first")
     group = zarr.open_group(path, mode="r")
     attrs = group.attrs["dila_rollout"]
     made = (attrs["context"], attrs["horizon"], attrs["frame_skip"], attrs["dataset"])
-    if made != (r.context, r.horizon, p.train.frame_skip, p.train.dataset):
+    want = (r.context, r.horizon, p.train.frame_skip, p.train.dataset)
+    if made != want:
         raise ValueError(f"{path}: rollouts made with (context, horizon, frame_skip, dataset) = {made}, params say "
-                         f"{(r.context, r.horizon, p.train.frame_skip, p.train.dataset)}; run `dila rollout {ctx.variant}` again")
+                         f"{want}; run `dila rollout {ctx.variant}` again")
     if "predicted" not in group:
         raise Unavailable(attrs["predicted"])
     truth = normalize(group["truth"][:], ctx.mean, ctx.std)                        # (N, C+H, h, w, D)
@@ -169,9 +169,10 @@ def cycle_section(ctx: Context) -> dict[str, Any]:
 
     back = M.cycle_transfer(transfer, source, target)                               # (N, T-1, h, w, D)
     truth = source[:, 1:]
+    static = M.repeat_last(source[:, :1], truth.shape[1])
     out = {"pairs": len(source), "frames": source.shape[1],
            "token_mse": float(M.token_mse_per_step(back, truth).mean()),
-           "baseline_token_mse": float(M.token_mse_per_step(M.repeat_last(source[:, :1], truth.shape[1]), truth).mean())}
+           "baseline_token_mse": float(M.token_mse_per_step(static, truth).mean())}
     return {**out, **pixel_scores(ctx, "cycle_transfer", back, truth)}
 
 
@@ -225,8 +226,7 @@ def probe_section(ctx: Context, name: str, cache: dict[str, Latents]) -> dict[st
     ctx.require_latents("a probe")
     train, val = split_windows(ctx.params, name, ctx.params.train.seq_len)
     cfg = ctx.model.cfg
-    if not train.has_actions and not (ctx.params.dataset(name).kind == "synthetic" and "pose" in train.label_names):
-        raise Unavailable(f"the {name!r} feature store has no actions")
+    probe_targets(name, ctx.params, stack(train, np.arange(1)))                    # Unavailable without actions
     if (train.grid, train.dim) != (tuple(cfg.grid), cfg.token_dim):
         raise Unavailable(f"the {name!r} store holds {train.grid} x {train.dim} tokens, the model takes "
                           f"{tuple(cfg.grid)} x {cfg.token_dim} (another encoder or input size)")
@@ -341,17 +341,17 @@ def _latents_file(ctx: Context, cache: dict[str, Latents]) -> None:
     """z of train.dataset's validation clips with their motion families, for the manifold plot."""
     path = latents_path(ctx.params, ctx.variant)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    if not has_latent_actions(ctx.model):
-        return
     name = ctx.params.train.dataset
+    names = np.array(MOTIONS if ctx.params.dataset(name).kind == "synthetic" else (), dtype=str)
+    if not has_latent_actions(ctx.model):                                          # an empty file: no z to plot
+        np.savez(path, z=np.zeros((0, 0), np.float32), family=np.zeros(0, np.int32), families=names)
+        return
     if name not in cache:
         cache[name] = latents(ctx, name, split_windows(ctx.params, name, ctx.params.train.seq_len)[1])
-    names = MOTIONS if ctx.params.dataset(name).kind == "synthetic" else ()
-    np.savez(path, z=cache[name].z.astype(np.float32), family=cache[name].family, families=np.array(names, dtype=str))
+    np.savez(path, z=cache[name].z.astype(np.float32), family=cache[name].family, families=names)
 
 
-def run(params: Params, variant: str, show_progress: bool = False) -> Path:
+def run(params: Params, variant: str) -> Path:
     """Evaluate `variant`'s final model; writes metrics.json (and latents.npz) and returns its path."""
     torch.manual_seed(params.seed)
     dev = device()

@@ -43,11 +43,12 @@ from pipeline.params import OptimParams, Params, PixelDecoderParams
 from pipeline.progress import track
 from pipeline.sources import SourceError, build_source
 from pipeline.split import episode_bounds, split_episodes
+from pipeline.windows import EPS
 from stages.extract import ShardFrames, store_path
 from stages.prepare import read_manifest
 
 FORMAT = "dila-pixel-decoder/1"
-NORM_EPS = 1e-6            # tokens are normalized as (tokens - mean) / (std + NORM_EPS)
+NORM_EPS = EPS             # as the world model reads tokens: (tokens - mean) / (std + EPS)
 TOKEN_MEMORY = 2 * 2**30   # a store's tokens up to this many bytes are read into memory once
 EVAL_FRAMES = 1024         # validation (and the train-fit report) use at most this many frames
 SAMPLES = 8                # frames shown in samples.png
@@ -299,7 +300,7 @@ def run(params: Params, show_progress: bool = True) -> Path:
     pd, name, start = params.pixel_decoder, params.train.dataset, time.perf_counter()
     pairs, ends, attrs = load_pairs(params, name, show_progress)
     train_idx, val_idx = split_frames(ends, params.train.val_fraction, params.seed)
-    n, h, w, dim = pairs.tokens.shape
+    _, h, w, dim = pairs.tokens.shape
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)

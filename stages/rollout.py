@@ -93,7 +93,8 @@ def load_model(params: Params, variant: str, phase: str, windows: Windows,
     path = final_weights(params, variant, phase)
     if not path.is_file():
         command = "train" if phase == "train" else "finetune"
-        raise FileNotFoundError(f"{path}: no {phase} weights for variant {variant!r}; run `dila {command} {variant}` first")
+        raise FileNotFoundError(f"{path}: no {phase} weights for variant {variant!r}; "
+                                f"run `dila {command} {variant}` first")
     model, step = load_checkpoint(path, dev)
     want = params.variant(variant)
     got = (model.cfg.variant, model.cfg.bottleneck.kind)
@@ -106,14 +107,17 @@ def load_model(params: Params, variant: str, phase: str, windows: Windows,
     return model.eval(), step, path
 
 
-def split_windows(params: Params, name: str, length: int) -> tuple[Windows, Windows]:
-    """(train, val) windows of `length` frames `train.frame_skip` apart over dataset `name`'s
-    store, split by episode as every stage two stage splits them."""
+def split_windows(params: Params, name: str, length: int, what: str = "train.seq_len") -> tuple[Windows, Windows]:
+    """(train, val) windows of `length` frames (the setting `what`) `train.frame_skip` apart over
+    dataset `name`'s store, split by episode as every stage two stage splits them."""
     path = store_path(params, name)
     n_episodes = open_store(path)["episode_ends"].shape[0]
     train_eps, val_eps = split_episodes(n_episodes, params.train.val_fraction, params.seed)
     skip = params.train.frame_skip
-    return Windows(path, train_eps, length, skip), Windows(path, val_eps, length, skip)
+    try:
+        return Windows(path, train_eps, length, skip), Windows(path, val_eps, length, skip)
+    except ValueError as err:
+        raise ValueError(f"{err} (the window length {length} is {what})") from err
 
 
 def pick(windows: Windows, tile: bool, limit: int | None = None) -> np.ndarray:
@@ -218,12 +222,12 @@ def _array(group: zarr.Group, name: str, values: np.ndarray) -> None:
     group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, compressors=blosc)[...] = values
 
 
-def run(params: Params, variant: str, show_progress: bool = True) -> Path:
+def run(params: Params, variant: str) -> Path:
     """Roll out the held-out windows with `variant`'s final model; returns the output directory."""
     torch.manual_seed(params.seed)
     dev, r = device(), params.rollout
     length = r.context + r.horizon
-    _, val = split_windows(params, params.train.dataset, length)
+    _, val = split_windows(params, params.train.dataset, length, "rollout.context + rollout.horizon")
     clips = stack(val, pick(val, tile=False, limit=r.episodes))
     phase = final_phase(params, variant)
     model, step, weights = load_model(params, variant, phase, val, dev)

@@ -114,8 +114,7 @@ def fit(params: Params, variant: str, phase: str, model: nn.Module, data: tuple[
         record = {**plan, "variant_params": to_dict(params.variant(variant)), "spec": to_dict(spec),
                   "encoder_weights": (store["encoder"] or {}).get("weights"), "world": d.world,
                   "val": val, "code_version": code_version(),
-                  "split": {"train_episodes": sorted({int(e) for e in train_set.windows[:, 1]}),
-                            "val_episodes": sorted({int(e) for e in val_set.windows[:, 1]})}}
+                  "split": {"train_episodes": train_set.episodes.tolist(), "val_episodes": val_set.episodes.tolist()}}
         final_record(params, variant, phase).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         clear_state(files, d)
     distributed.barrier(d)

@@ -47,7 +47,7 @@ def store_arrays(params):
 
 def test_rollout_store_holds_the_true_windows_and_the_models_rollout(params):
     model = save_model(params, "dila")
-    out = rollout.run(params, "dila", show_progress=False)
+    out = rollout.run(params, "dila")
     group = zarr.open_group(out / "tokens.zarr", mode="r")
     tokens, bounds, mean, std = store_arrays(params)
     _, val = split_episodes(len(bounds), 0.34, params.seed)
@@ -79,14 +79,14 @@ def test_png_grids_are_written_with_a_pixel_decoder_and_dropped_without(params):
     path = extract.store_path(params, "synthetic")
     save_decoder(params, open_store(path).attrs["dila"]["plan_sha256"])
     try:
-        out = rollout.run(params, "dila", show_progress=False)
+        out = rollout.run(params, "dila")
         pngs = sorted(out.glob("episode_*.png"))
         episodes = zarr.open_group(out / "tokens.zarr", mode="r")["episodes"][:]
         assert [p.name for p in pngs] == [f"episode_{e:04d}.png" for e in episodes]
         assert mpimg.imread(pngs[0]).shape[:2] == (2 * 8 + 2, 4 * 8 + 3 * 2)  # 2 rows x 4 frames, 2 px gaps
         assert zarr.open_group(out / "tokens.zarr", mode="r").attrs["dila_rollout"]["pixels"] == "2 PNG grids"
         save_decoder(params, "another store")
-        out = rollout.run(params, "dila", show_progress=False)
+        out = rollout.run(params, "dila")
         assert not list(out.glob("*.png"))
         assert "trained on another feature store" in \
             zarr.open_group(out / "tokens.zarr", mode="r").attrs["dila_rollout"]["pixels"]
@@ -97,7 +97,7 @@ def test_png_grids_are_written_with_a_pixel_decoder_and_dropped_without(params):
 def test_variant_without_latent_actions_stores_the_truth_only(params):
     p = stage_params(Path(params.paths.features).parent, "variants.nola.variant=no_latent_action")
     save_model(p, "nola", kind="no_latent_action", phase="train")
-    group = zarr.open_group(rollout.run(p, "nola", show_progress=False) / "tokens.zarr", mode="r")
+    group = zarr.open_group(rollout.run(p, "nola") / "tokens.zarr", mode="r")
     assert "predicted" not in group and group["truth"].shape == (2, 4, *GRID, DIM)
     assert "has no latent actions" in group.attrs["dila_rollout"]["predicted"]
 
@@ -105,10 +105,10 @@ def test_variant_without_latent_actions_stores_the_truth_only(params):
 def test_missing_or_mismatched_weights_are_clear_errors(params):
     missing = final_weights(params, "discrete_z", "finetune")
     with pytest.raises(FileNotFoundError, match=f"{missing}.*run `dila finetune discrete_z` first"):
-        rollout.run(params, "discrete_z", show_progress=False)
+        rollout.run(params, "discrete_z")
     save_model(params, "gaussian_z")  # a continuous model under the gaussian variant's name
     with pytest.raises(CheckpointError, match="continuous bottleneck, but variants.gaussian_z is dila with gaussian"):
-        rollout.run(params, "gaussian_z", show_progress=False)
+        rollout.run(params, "gaussian_z")
     final_weights(params, "gaussian_z", "finetune").unlink()
 
 

@@ -1,0 +1,203 @@
+"""The training loop: the LR schedule steps, kill -9 + resume equals an uninterrupted run bit for bit,
+two DDP ranks equal one process, metrics reach DVCLive.
+
+The runs that must be separate processes call this module as a script:
+`python -m tests.pipeline.test_trainer '<job json>'` (see `child`)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from dila_core.model import DiLA
+from dila_core.presets import preset
+from pipeline.checkpoint import save_checkpoint
+from pipeline.distributed import init
+from pipeline.params import OptimParams
+from pipeline.split import split_episodes
+from pipeline.trainer import (RunFiles, Trainer, TrainSpec, build_optimizer, load_state, lr_factor,
+                              save_state, seed_everything, train)
+from pipeline.windows import Windows
+from stages import extract, prepare
+from tests.conftest import make_params
+from tests.stages.helpers import cli_env
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    params = make_params(tmp_path_factory.mktemp("trainer"))
+    prepare.run(params, "synthetic", show_progress=False)
+    return extract.run(params, "synthetic", show_progress=False)
+
+
+def job(store: Path, out: Path, **changes) -> dict:
+    base = {"store": str(store), "out": str(out), "steps": 10, "batch_size": 4, "seq_len": 3, "bottleneck": "gaussian",
+            "loss": {}, "checkpoint_every": 5, "log_every": 1, "val_every": 4, "kill_at": None,
+            "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_steps": 2}}
+    return {**base, **changes}
+
+
+def child(spec: dict) -> None:
+    """Train the tiny model on the store per `spec`; SIGKILL itself after update `kill_at`; save the
+    final weights to <out>/model.safetensors."""
+    torch.set_num_threads(1)
+    d = init()
+    train_eps, val_eps = split_episodes(6, 0.2, seed=0)
+    data = [Windows(Path(spec["store"]), eps, spec["seq_len"], 1) for eps in (train_eps, val_eps)]
+    seed_everything(0)
+    model = DiLA(preset("tiny", bottleneck=spec["bottleneck"], grid=data[0].grid, token_dim=data[0].dim,
+                        loss=spec["loss"]))
+    seed_everything(0, d.rank)
+    run = TrainSpec(objective="teacher_forcing", steps=spec["steps"], batch_size=spec["batch_size"],
+                    optim=OptimParams(**spec["optim"]), checkpoint_every=spec["checkpoint_every"],
+                    val_every=spec["val_every"], val_batches=2, log_every=spec["log_every"], workers=1, seed=0)
+    out = Path(spec["out"])
+
+    def on_step(step: int, logs: dict) -> None:
+        if step == spec["kill_at"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(model, run, *data, RunFiles(out / "state.safetensors", out / "live"), {"job": spec["bottleneck"]}, d,
+          on_step=on_step, show_progress=False)
+    if d.is_main:
+        save_checkpoint(out / "model.safetensors", model, spec["steps"])
+
+
+def run_child(spec: dict, ranks: int = 1) -> subprocess.CompletedProcess:
+    launch = [sys.executable] if ranks == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    return subprocess.run([*launch, "-m", "tests.pipeline.test_trainer", json.dumps(spec)], env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def curve(live: Path, name: str) -> list[tuple[int, float]]:
+    with open(live / "plots" / "metrics" / f"{name}.tsv") as f:
+        return [(int(r["step"]), float(r[name.split("/")[-1]])) for r in csv.DictReader(f, delimiter="\t")]
+
+
+def test_lr_factor_values():
+    cosine = OptimParams(lr=1.0, schedule="cosine", warmup_steps=2)
+    assert [lr_factor(cosine, 6, k) for k in range(6)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
+    constant = OptimParams(lr=1.0, schedule="constant", warmup_steps=4)
+    assert [lr_factor(constant, 6, k) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_the_schedule_steps_once_per_update(tiny_store, tmp_path, schedule):
+    optim = OptimParams(lr=1e-3, schedule=schedule, warmup_steps=2)
+    train_eps, val_eps = split_episodes(6, 0.2, seed=0)
+    data = [Windows(tiny_store, eps, 3, 1) for eps in (train_eps, val_eps)]
+    seed_everything(0)
+    model = DiLA(preset("tiny", grid=data[0].grid, token_dim=data[0].dim))
+    spec = TrainSpec("teacher_forcing", steps=7, batch_size=2, optim=optim, checkpoint_every=100, val_every=100,
+                     val_batches=1, log_every=1, workers=0, seed=0)
+    seen = []
+    train(model, spec, *data, RunFiles(tmp_path / "state.safetensors", tmp_path / "live"), {}, init(),
+          on_step=lambda step, logs: seen.append(logs["lr"]), show_progress=False)
+    want = [1e-3 * lr_factor(optim, 7, k) for k in range(7)]
+    assert seen == pytest.approx(want, rel=1e-12)
+    assert [lr for _, lr in curve(tmp_path / "live", "train/lr")] == pytest.approx(want, rel=1e-12)
+    assert seen[:2] == [5e-4, 1e-3]  # warm-up
+    assert (seen[-1] < seen[-2] < seen[2]) if schedule == "cosine" else seen[2:] == [1e-3] * 5
+
+
+def test_state_round_trip_restores_optimizer_and_schedule(tmp_path):
+    d = init()
+    seed_everything(0)
+    model = DiLA(preset("tiny"))
+    opt, sched = build_optimizer(model, OptimParams(lr=1e-3, warmup_steps=1), steps=10)
+    for _ in range(3):
+        loss, _ = model(torch.randn(2, 3, 4, 4, 32))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    save_state(tmp_path / "s.safetensors", model, opt, sched, 3, {"a": 1}, d)
+    fresh = DiLA(preset("tiny"))
+    opt2, sched2 = build_optimizer(fresh, OptimParams(lr=1e-3, warmup_steps=1), steps=10)
+    assert load_state(tmp_path / "s.safetensors", fresh, opt2, sched2, {"a": 2}, d) == 0  # another plan
+    assert load_state(tmp_path / "s.safetensors", fresh, opt2, sched2, {"a": 1}, d) == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for i in a["state"]:
+        for key in a["state"][i]:
+            assert torch.equal(a["state"][i][key], b["state"][i][key])
+    assert sched2.last_epoch == 3 and sched2.get_last_lr() == sched.get_last_lr()
+    (tmp_path / "s.safetensors").write_bytes(b"cut short by a kill")
+    with pytest.raises(ValueError, match="s.safetensors: unreadable training state"):
+        load_state(tmp_path / "s.safetensors", fresh, opt2, sched2, {"a": 1}, d)
+
+
+def test_a_non_finite_loss_stops_training(tmp_path):
+    seed_everything(0)
+    spec = TrainSpec("teacher_forcing", steps=3, batch_size=2, optim=OptimParams(), checkpoint_every=1, val_every=1,
+                     val_batches=1, log_every=1, workers=0, seed=0)
+    run = Trainer(DiLA(preset("tiny")), spec, RunFiles(tmp_path / "s.safetensors", tmp_path / "live"), {}, init())
+    run.step(torch.randn(2, 3, 4, 4, 32))
+    with pytest.raises(FloatingPointError, match="training diverged at update 2"):
+        run.step(torch.full((2, 3, 4, 4, 32), float("nan")))
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_store, tmp_path):
+    whole = run_child(job(tiny_store, tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run_child(job(tiny_store, tmp_path / "resumed", kill_at=7))
+    assert killed.returncode == -signal.SIGKILL
+    state = tmp_path / "resumed" / "state.safetensors"
+    with safe_open(str(state), framework="pt") as f:
+        assert f.metadata()["step"] == "5"
+    assert curve(tmp_path / "resumed" / "live", "train/loss")[-1][0] == 7  # logged past the checkpoint
+    resumed = run_child(job(tiny_store, tmp_path / "resumed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "resumed"))
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for name in ("train/loss", "train/lr", "val/L_e"):
+        assert curve(tmp_path / "whole" / "live", name) == curve(tmp_path / "resumed" / "live", name)
+    assert [s for s, _ in curve(tmp_path / "whole" / "live", "train/loss")] == list(range(1, 11))
+    summary = json.loads((tmp_path / "whole" / "live" / "metrics.json").read_text())
+    assert summary["step"] == 10 and {"loss", "data_wait_s", "step_time_s"} <= set(summary["train"])
+    waits, times = curve(tmp_path / "whole" / "live", "train/data_wait_s"), curve(tmp_path / "whole" / "live",
+                                                                                  "train/step_time_s")
+    assert all(0 <= w <= t for (_, w), (_, t) in zip(waits, times))
+
+
+def test_two_ranks_equal_one(tiny_store, tmp_path):
+    # terms that use statistics of the whole batch (anti-collapse std, symmetry mask normaliser) are
+    # switched off: with them a rank's half batch is a different objective. Adam turns rounding
+    # differences of near-zero gradients into steps of up to lr, so the lr is kept small.
+    spec = dict(steps=4, checkpoint_every=100, val_every=2, bottleneck="continuous",
+                loss={"collapse_scale": 0.0, "lambda_sym": 0.0},
+                optim={"lr": 3e-4, "schedule": "constant", "warmup_steps": 0})
+    one = run_child(job(tiny_store, tmp_path / "one", **spec))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_child(job(tiny_store, tmp_path / "two", **spec), ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("one", "two"))
+    for name in a:
+        np.testing.assert_allclose(a[name].numpy(), b[name].numpy(), atol=2e-5, rtol=0, err_msg=name)
+    for name in ("train/loss", "val/L_e"):
+        left, right = curve(tmp_path / "one" / "live", name), curve(tmp_path / "two" / "live", name)
+        assert [s for s, _ in left] == [s for s, _ in right]
+        np.testing.assert_allclose([v for _, v in left], [v for _, v in right], rtol=1e-4)
+    losses = [v for _, v in curve(tmp_path / "one" / "live", "train/loss")]
+    assert len(set(losses)) == len(losses)  # the weights moved: equality is not the initialisation's
+
+
+if __name__ == "__main__":
+    child(json.loads(sys.argv[1]))
