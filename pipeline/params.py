@@ -32,6 +32,7 @@ class PathsParams:
     models: str = "data/models"
     logs: str = "data/logs"
     eval: str = "data/eval"
+    report: str = "data/report"
 
 
 @dataclass(frozen=True)

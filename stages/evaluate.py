@@ -45,6 +45,7 @@ from pipeline import metrics as M
 from pipeline import report
 from pipeline.config import to_dict
 from pipeline.encoder import EncoderUnavailable, FrozenEncoder, load_encoder
+from pipeline.lpips import load_lpips
 from pipeline.params import EncoderParams, Params
 from pipeline.sources import build_source
 from pipeline.sources.synthetic import MOTIONS, Appearance, Motion
@@ -94,19 +95,15 @@ _LPIPS: dict[str, Any] = {}
 
 
 def lpips_metric() -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray] | None, str | None]:
-    """LPIPS (AlexNet) of frames (N, S, S, 3) in [0, 1], or None and why it is unavailable."""
+    """LPIPS of frames (N, S, S, 3) in [0, 1] (pipeline.lpips, offline only), or None and why not."""
     if "fn" not in _LPIPS:
-        try:
-            import lpips
-            net = lpips.LPIPS(net="alex", verbose=False).eval()
-        except Exception as err:  # import or weight download; any failure means: not available here
-            why = f"LPIPS unavailable ({type(err).__name__}: {err}); install the lpips extra"
-            _LPIPS["fn"], _LPIPS["why"] = None, why
+        metric, reason = load_lpips()
+        if metric is None:
+            _LPIPS["fn"], _LPIPS["why"] = None, reason
         else:
             def fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                ta, tb = (torch.from_numpy(x).permute(0, 3, 1, 2).float() * 2 - 1 for x in (a, b))
-                with torch.no_grad():
-                    return net(ta, tb).flatten().numpy()
+                ta, tb = (torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() for x in (a, b))
+                return metric(ta, tb).cpu().numpy()
             _LPIPS["fn"], _LPIPS["why"] = fn, None
     return _LPIPS["fn"], _LPIPS["why"]
 
@@ -399,4 +396,4 @@ def summarize(params: Params) -> Path:
         if lat.is_file():
             with np.load(lat) as f:
                 found[variant] = {k: f[k] for k in f.files}
-    return report.write_report(Path(params.paths.eval), metrics, found)
+    return report.write_report(Path(params.paths.report), metrics, found)

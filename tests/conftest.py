@@ -37,6 +37,16 @@ def tiny_overrides(tmp: Path) -> list[str]:
     ]
 
 
+# Stage two at test size: the tiny model, a handful of steps, 2 held-out episodes.
+TINY_STAGE_TWO = [
+    "model.preset=tiny", "train.seq_len=4", "train.batch_size=2", "train.steps=4", "train.val_every=2",
+    "train.val_batches=1", "train.checkpoint_every=2", "train.log_every=1", "train.workers=0",
+    "train.val_fraction=0.34", "finetune.steps=2", "finetune.checkpoint_every=1", "pixel_decoder.size=32",
+    "pixel_decoder.width=16", "pixel_decoder.steps=4", "pixel_decoder.batch_size=4",
+    "pixel_decoder.checkpoint_every=2", "rollout.horizon=4", "rollout.episodes=2",
+]
+
+
 def make_params(tmp: Path, *extra: str) -> Params:
     raw = apply_overrides(read_yaml(ROOT / "params.yaml"), tiny_overrides(tmp) + list(extra))
     return parse_params(raw)

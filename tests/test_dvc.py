@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.params import apply_overrides, read_yaml
 from pipeline.provenance import EXTRACT_CODE
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, TINY_STAGE_TWO, tiny_overrides
 from tests.stages.helpers import cli_env
 
 GIT = ["git", "-c", "user.name=dila-test", "-c", "user.email=test@dila.invalid", "-c", "init.defaultBranch=main"]
@@ -37,13 +37,18 @@ def test_every_dvc_path_comes_from_params():
     assert {"prepared", "features"} <= set(params["paths"])
 
 
+def copy_project(repo):
+    repo.mkdir()
+    for part in ("pipeline", "stages", "dila_core"):
+        shutil.copytree(ROOT / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+
+
 def make_repo(tmp_path):
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for part in ("pipeline", "stages"):
-        shutil.copytree(ROOT / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    relative = [o for o in tiny_overrides(tmp_path) if not o.startswith("paths.")]
+    copy_project(repo)
+    relative = [o for o in tiny_overrides(tmp_path) + TINY_STAGE_TWO if not o.startswith("paths.")]
     (repo / "params.yaml").write_text(yaml.safe_dump(apply_overrides(read_yaml(ROOT / "params.yaml"), relative)))
     sh(*GIT, "init", "-q", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
@@ -54,12 +59,26 @@ def make_repo(tmp_path):
 
 
 @pytest.mark.slow
-def test_repro_push_pull_into_a_fresh_clone(tmp_path):
+def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
     repo = make_repo(tmp_path)
     out = sh("dvc", "repro", cwd=repo)
+    for stage in ("prepare@synthetic", "extract@synthetic", "pixel_decoder", "train@dila", "finetune@gaussian_z",
+                  "rollout@discrete_z", "evaluate@no_content", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+    table = (repo / "data/report/table.md").read_text()
+    assert "random-init (seed 0)" in table and "| dila |" in table and "| repeat last frame |" in table
+    assert "Running stage" not in sh("dvc", "repro", cwd=repo)  # a re-run is a no-op
+    plots = sh("dvc", "plots", "show", "--json", cwd=repo)  # DVCLive curves are DVC plots
+    assert "data/logs/dila/train/plots/metrics/train/L_e.tsv" in plots and "finetune/plots/metrics" in plots
+
+
+@pytest.mark.slow
+def test_repro_push_pull_into_a_fresh_clone(tmp_path):
+    repo = make_repo(tmp_path)
+    out = sh("dvc", "repro", "extract@synthetic", cwd=repo)
     assert "Running stage 'prepare@synthetic'" in out and "Running stage 'extract@synthetic'" in out
     sh("dila", "verify", "data/features/synthetic.zarr", cwd=repo)
-    assert "Running stage" not in sh("dvc", "repro", cwd=repo)  # a re-run is a no-op
+    assert "Running stage" not in sh("dvc", "repro", "extract@synthetic", cwd=repo)  # a re-run is a no-op
 
     sh("dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=repo)
     sh(*GIT, "add", "-A", cwd=repo)
@@ -72,7 +91,7 @@ def test_repro_push_pull_into_a_fresh_clone(tmp_path):
     store = "data/features/synthetic.zarr"
     compare = filecmp.dircmp(repo / store, clone / store)
     assert not _differences(compare), _differences(compare)
-    out = sh("dvc", "repro", cwd=clone)
+    out = sh("dvc", "repro", "extract@synthetic", cwd=clone)
     assert "Running stage 'extract@synthetic'" not in out, out
     sh("dila", "verify", store, cwd=clone)
 
@@ -94,13 +113,9 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 @pytest.mark.slow
 def test_readme_offline_main_job_on_default_params(tmp_path):
-    """`dvc exp run -S encoder.weights=random` from the README, on the default synthetic data."""
+    """`dvc exp run -S encoder.weights=random` from the README: the whole default job (~10 min)."""
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for part in ("pipeline", "stages"):
-        shutil.copytree(ROOT / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / name, repo / name)
+    copy_project(repo)
     sh(*GIT, "init", "-q", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
     sh(*GIT, "add", "-A", cwd=repo)
@@ -111,3 +126,7 @@ def test_readme_offline_main_job_on_default_params(tmp_path):
     out = sh("dila", "info", "data/features/synthetic.zarr", cwd=repo)
     assert "random-init (seed 0)" in out and "(2048, 8, 8, 384)" in out
     sh("dila", "verify", "data/features/synthetic.zarr", cwd=repo)
+    table = (repo / "data/report/table.md").read_text()
+    for variant in ("dila", "no_content", "discrete_z", "gaussian_z"):
+        assert f"| {variant} |" in table
+    assert "random-init" in table

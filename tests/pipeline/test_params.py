@@ -135,3 +135,10 @@ def test_stage_two_sections_default_and_validate():
 def test_stage_two_errors_name_the_key(override, key):
     with pytest.raises(ParamsError, match=key.replace("[", r"\[").replace("]", r"\]")):
         parse_params(apply_overrides(raw_defaults(), [override]))
+
+
+def test_floats_written_without_a_dot_are_floats():
+    p = parse_params(apply_overrides(raw_defaults(), ["train.optim.lr=3e-3", "store.chunk_mb=2"]))
+    assert p.train.optim.lr == 0.003 and p.store.chunk_mb == 2.0
+    with pytest.raises(ParamsError, match="train.optim.lr = 'fast'"):
+        parse_params(apply_overrides(raw_defaults(), ["train.optim.lr=fast"]))

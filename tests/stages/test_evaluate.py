@@ -173,7 +173,7 @@ def test_variant_without_latent_actions(run):
 def test_summarize_writes_the_table_and_plots(run):
     table = evaluate.summarize(run.params)
     text = table.read_text()
-    assert table == Path(run.params.paths.eval) / "table.md"
+    assert table == Path(run.params.paths.report) / "table.md"
     assert "\n| dila | " in text and "\n| repeat last frame | " in text and "random-init (seed 0)" in text
     assert sorted(p.name for p in (table.parent / "plots").iterdir()) == ["latent_pca.png", "rollout_error.png"]
     p = stage_params(run.tmp, "variants.other.variant=dila")
