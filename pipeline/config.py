@@ -83,6 +83,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise bad
         return build(tp, value, key)
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(tp, value, bad)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _coerce_scalar(tp: type, value: Any, bad: ParamsError) -> Any:
+    """bool, int, float or str; bools are never numbers; floats accept YAML's dotless 3e-3."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -100,11 +107,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ValueError:
                 raise bad from None
         raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    raise TypeError(f"unsupported config type {tp!r} for {key}")
+    if isinstance(value, str):
+        return value
+    raise bad
 
 
 T = typing.TypeVar("T")

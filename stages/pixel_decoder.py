@@ -37,9 +37,10 @@ from torch.utils.data import DataLoader
 
 from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from pipeline import store
+from pipeline.trainer import build_optimizer
 from pipeline.checkpoint import CheckpointError, load_weights
 from pipeline.config import build, to_dict
-from pipeline.params import OptimParams, Params, PixelDecoderParams
+from pipeline.params import Params, PixelDecoderParams
 from pipeline.progress import track
 from pipeline.sources import SourceError, build_source
 from pipeline.split import episode_bounds, split_episodes
@@ -165,24 +166,6 @@ def decoder_config(pd: PixelDecoderParams, grid: tuple[int, int], dim: int) -> P
     return cfg
 
 
-def lr_factor(optim: OptimParams, total: int) -> Callable[[int], float]:
-    """Multiplier of optim.lr after `step` scheduler steps: linear warm-up, then constant or cosine to 0."""
-    def factor(step: int) -> float:
-        if step < optim.warmup_steps:
-            return (step + 1) / optim.warmup_steps
-        if optim.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
-
-
-def make_optimizer(model: nn.Module, optim: OptimParams, total: int):
-    """AdamW and its LambdaLR schedule over `total` steps (step the schedule once per optimizer step)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(optim, total))
-
-
 def batches(rng: np.random.Generator, idx: np.ndarray, size: int) -> Iterator[np.ndarray]:
     """Endless batches of `size` entries of idx: shuffled epochs, each entry once per epoch."""
     pending = np.empty(0, dtype=np.int64)
@@ -197,7 +180,7 @@ def train(model: PixelDecoder, pairs: Pairs, idx: np.ndarray, pd: PixelDecoderPa
           checkpoint: Callable[[int], None], show: bool = False) -> dict[str, float]:
     """Fit the decoder on frames idx for pd.steps steps; calls checkpoint(step) every checkpoint_every."""
     device = next(model.parameters()).device
-    opt, schedule = make_optimizer(model, pd.optim, pd.steps)
+    opt, schedule = build_optimizer(model, pd.optim, pd.steps)  # the trainer's AdamW + schedule
     order = batches(np.random.default_rng([seed, 0x91C5]), idx, pd.batch_size)
     losses = []
     model.train()

@@ -13,6 +13,7 @@ import zarr
 from safetensors.torch import load_file, save_file
 
 from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
+from pipeline.trainer import lr_factor
 from pipeline import store
 from pipeline.checkpoint import CheckpointError
 from pipeline.encoder import resize_frames
@@ -159,12 +160,14 @@ def test_token_rows_read_lazily_when_over_budget(trained):
 @pytest.mark.parametrize(("schedule", "warmup"), [("cosine", 0), ("cosine", 4), ("constant", 3)])
 def test_schedule_steps_to_its_end(schedule, warmup):
     optim = OptimParams(lr=0.5, schedule=schedule, warmup_steps=warmup)
-    factor = stage.lr_factor(optim, 20)
+    def factor(k):
+        return lr_factor(optim, 20, k)
+
     if warmup:
         assert factor(0) == pytest.approx(1 / warmup) and factor(warmup - 1) == pytest.approx(1.0)
     assert factor(warmup) == pytest.approx(1.0)
     model = torch.nn.Linear(2, 1)
-    opt, sched = stage.make_optimizer(model, optim, 20)
+    opt, sched = stage.build_optimizer(model, optim, 20)
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])
