@@ -130,11 +130,11 @@ def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
 
 
 @app.command()
-def verify(store: Path):
+def verify(store: Path, quiet: QuietOpt = False):
     """Check a feature store: schema, completeness, NaN/Inf, episode bookkeeping."""
     from pipeline.inspect import verify as check
 
-    problems = check(store)
+    problems = check(store, show_progress=not quiet)
     for problem in problems:
         err.print(f"[bold red]{store}:[/] {problem}", highlight=False)
     if problems:

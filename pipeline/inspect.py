@@ -8,13 +8,14 @@ from typing import Any
 import numpy as np
 
 from pipeline import store
+from pipeline.progress import track
 
 # dila.* attributes every complete store carries.
 REQUIRED_ATTRS = ("plan_sha256", "dataset", "source", "encoder", "frame_stride", "episodes", "skipped",
                   "code_version", "layout", "complete")
 
 
-def verify(path: Path) -> list[str]:
+def verify(path: Path, show_progress: bool = False) -> list[str]:
     """Every problem found in the store at `path` (empty when it is sound)."""
     try:
         root = store.open_store(path)
@@ -41,7 +42,7 @@ def verify(path: Path) -> list[str]:
         if name == "actions" or name.startswith("labels/"):
             if root[name].shape[0] != n:
                 problems.append(f"{name} has {root[name].shape[0]} rows for {n} frames")
-    problems += _check_values(root, n, dim)
+    problems += _check_values(root, n, dim, show_progress)
     return problems
 
 
@@ -62,11 +63,12 @@ def _check_episodes(ends: np.ndarray, n: int, attrs: dict[str, Any]) -> list[str
     return problems
 
 
-def _check_values(root, n: int, dim: int) -> list[str]:
+def _check_values(root, n: int, dim: int, show: bool) -> list[str]:
     problems = []
     tokens = root["tokens"]
     step = tokens.shards[0] if tokens.shards else tokens.chunks[0]
-    for start in range(0, n, step):
+    starts = range(0, n, step)
+    for start in track(starts, "verify: scanning tokens", len(starts), show):
         block = tokens[start : start + step]
         bad = ~np.isfinite(block)
         if bad.any():
