@@ -25,6 +25,10 @@ def tiny_overrides(tmp: Path) -> list[str]:
     return [
         f"paths.prepared={tmp}/prepared",
         f"paths.features={tmp}/features",
+        f"paths.models={tmp}/models",
+        f"paths.logs={tmp}/logs",
+        f"paths.eval={tmp}/eval",
+        f"paths.report={tmp}/report",
         "encoder.weights=random",
         "encoder.input_size=42",
         "encoder.batch_size=8",

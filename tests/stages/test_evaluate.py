@@ -15,7 +15,7 @@ from stages import evaluate, extract, prepare, rollout
 from stages.train import final_record
 from tests.stages.test_rollout import save_decoder, save_model, stage_params
 
-ONLY_DILA = "variants.dila.variant=dila"
+ONLY_DILA = "variants={dila: {variant: dila}}"  # the whole mapping: just DiLA
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +176,6 @@ def test_summarize_writes_the_table_and_plots(run):
     assert table == Path(run.params.paths.report) / "table.md"
     assert "\n| dila | " in text and "\n| repeat last frame | " in text and "random-init (seed 0)" in text
     assert sorted(p.name for p in (table.parent / "plots").iterdir()) == ["latent_pca.png", "rollout_error.png"]
-    p = stage_params(run.tmp, "variants.other.variant=dila")
+    p = stage_params(run.tmp, ONLY_DILA, "variants.other.variant=dila")
     with pytest.raises(FileNotFoundError, match="run `dila evaluate other` first"):
         evaluate.summarize(p)
