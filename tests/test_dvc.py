@@ -17,9 +17,9 @@ from tests.stages.helpers import cli_env
 GIT = ["git", "-c", "user.name=dila-test", "-c", "user.email=test@dila.invalid", "-c", "init.defaultBranch=main"]
 
 
-def sh(*args, cwd):
-    env = {**cli_env(), "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+def sh(*args, cwd, timeout=900, threads=1):
+    env = {**cli_env(), "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
@@ -122,7 +122,8 @@ def test_readme_offline_main_job_on_default_params(tmp_path):
     sh(*GIT, "commit", "-qm", "project", cwd=repo)
     sh(*GIT, "config", "user.name", "dila-test", cwd=repo)
     sh(*GIT, "config", "user.email", "test@dila.invalid", cwd=repo)
-    sh("dvc", "exp", "run", "-S", "encoder.weights=random", cwd=repo)
+    # The whole default job, alone on the machine: both cores, and room for a slow CI machine.
+    sh("dvc", "exp", "run", "-S", "encoder.weights=random", cwd=repo, timeout=3600, threads=2)
     out = sh("dila", "info", "data/features/synthetic.zarr", cwd=repo)
     assert "random-init (seed 0)" in out and "(2048, 8, 8, 384)" in out
     sh("dila", "verify", "data/features/synthetic.zarr", cwd=repo)
