@@ -12,7 +12,8 @@ KL to N(0, I) weighted by beta), `nsvq` (noise-substitution VQ: z is split into
 d_z / code_dim tokens, each snapped to the nearest of codebook_size codes; in
 training the quantisation error is replaced by noise of the same norm so
 gradients reach both encoder and codebook; codes unused for `dead_after`
-training steps are reset to random encoder outputs).
+training steps are reset to random encoder outputs; under DDP usage is counted over all
+ranks and the replacements are drawn once, so every rank keeps the same codebook).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from dila_core.collective import from_first_rank, gather, total
 from dila_core.config import check_choice, check_float, check_ints, require
 
 KINDS = ("continuous", "gaussian", "nsvq")
@@ -112,10 +114,11 @@ class NSVQ(nn.Module):
 
     @torch.no_grad()
     def _reset_dead_codes(self, tokens: Tensor) -> None:
-        """Replace codes idle for dead_after steps by random tokens of this batch."""
-        flat = tokens.detach().reshape(-1, self.code_dim)
+        """Replace codes idle for dead_after steps by random tokens of the (global) batch; under
+        DDP rank 0 draws them, so every rank keeps the same codebook."""
+        flat = gather(tokens.detach().reshape(-1, self.code_dim))                   # (N, code_dim)
         dead = self.idle_steps >= self.dead_after                                   # (K,)
-        pick = flat[torch.randint(len(flat), (len(dead),), device=flat.device)]     # (K, code_dim)
+        pick = from_first_rank(flat[torch.randint(len(flat), (len(dead),), device=flat.device)])
         self.codebook.copy_(torch.where(dead[:, None], pick.to(self.codebook.dtype), self.codebook))
         self.idle_steps.masked_fill_(dead, 0)
 
@@ -126,7 +129,7 @@ class NSVQ(nn.Module):
         codes = self._nearest(tokens)                                              # (B, T, n)
         q = self.codebook[codes].to(tokens.dtype)                                  # (B, T, n, d)
         if self.training:
-            used = torch.bincount(codes.flatten(), minlength=len(self.idle_steps)) > 0
+            used = total(torch.bincount(codes.flatten(), minlength=len(self.idle_steps))) > 0
             self.idle_steps.add_(1).masked_fill_(used, 0)
             noise = torch.randn_like(tokens)
             error = (tokens - q).norm(dim=-1, keepdim=True)                        # (B, T, n, 1)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dila_core.bottleneck import BottleneckConfig, build_bottleneck
+from dila_core.collective import gather
 from dila_core.losses import LossConfig, anti_collapse, latent_norm, latent_std, motion_mask, symmetry_loss
 from dila_core.structure import FDM, IDM, FDMConfig, IDMConfig
 
@@ -48,17 +49,18 @@ class LatentDynamics(nn.Module):
         ds_fixed = ds.detach()
         z_fwd, z_bwd = features(self.idm(torch.cat([ds_fixed, -ds_fixed]))).chunk(2)
         mask = motion_mask(ds_fixed, cfg.motion_threshold)
+        z_all = gather(z)                                             # the global batch under DDP
         terms = {
             "L_s": F.mse_loss(update, ds),
             "L_z": F.mse_loss(features(self.idm(update)), z.detach()),
-            "L_collapse": anti_collapse(z, cfg.collapse_scale, cfg.collapse_sharpness),
+            "L_collapse": anti_collapse(z_all, cfg.collapse_scale, cfg.collapse_sharpness),
             "z_norm": latent_norm(z),
-            "L_sym": symmetry_loss(z_fwd, z_bwd, mask, cfg.eps),
+            "L_sym": symmetry_loss(gather(z_fwd), gather(z_bwd), gather(mask), cfg.eps),
         }
         loss = loss + (cfg.lambda_s * terms["L_s"] + cfg.lambda_z * (terms["L_z"] + terms["L_collapse"])
                        + cfg.lambda_norm * terms["z_norm"] + cfg.lambda_sym * terms["L_sym"])
         logs = {name: value.detach() for name, value in terms.items()}
-        return loss, {**logs, "z_std": latent_std(z).detach(), "motion_frac": mask.mean()}
+        return loss, {**logs, "z_std": latent_std(z_all).detach(), "motion_frac": mask.mean()}
 
     def infer(self, s: Tensor) -> Tensor:
         """Deterministic latent actions of s (B, T, …) -> (B, T-1, d_z); empty when T == 1."""

@@ -7,7 +7,10 @@ pre-LN residual, all spatial attentions with the relative position bias (queries
 keys lie on the same grid). `fusion` chooses how the cross-attentions combine:
 ``sequential`` (paper: x += CA_e0(x); x += CA_mem(x)) or ``parallel`` (reference
 code: x += CA_e0(x) + CA_mem(x)). Both have the same parameters, so a checkpoint
-loads in either mode. Paper shape (W 768, 3 blocks, 8 x 32 heads, GEGLU hidden 2048):
+loads in either mode. `skip` = "first_frame" adds the first-frame tokens to the output
+(ê = e_0 + Dec(…), output projection zero-initialised, so an untrained decoder repeats
+e_0): not in the paper, used by the `small` CPU preset (see presets.py); "none" is the
+paper's decoder. Paper shape (W 768, 3 blocks, 8 x 32 heads, GEGLU hidden 2048):
 21,752,712 parameters; with the structure and content encoders (residual MLPs,
 2 blocks of hidden 768) and the memory, 27,765,928 (reference 27.77M).
 """
@@ -24,12 +27,14 @@ from dila_core.config import check_choice, check_float, check_ints, require
 from dila_core.layers import GEGLU, SelfBranch, Sublayer
 
 FUSIONS = ("sequential", "parallel")
+SKIPS = ("none", "first_frame")
 
 
 @dataclass(frozen=True)
 class DecoderConfig:
     """width, depth (blocks), heads x head_dim, ffn_hidden (GEGLU), bias_hidden (position-bias MLP),
-    dropout, and how the cross-attentions combine (fusion)."""
+    dropout, how the cross-attentions combine (fusion), and whether the output is a residual on the
+    first-frame tokens (skip)."""
 
     width: int
     depth: int
@@ -39,11 +44,13 @@ class DecoderConfig:
     bias_hidden: int
     dropout: float
     fusion: Literal["sequential", "parallel"]
+    skip: Literal["none", "first_frame"] = "none"
 
     def validate(self, where: str) -> None:
         check_ints(self, where, "width depth heads head_dim ffn_hidden bias_hidden")
         check_float(self, where, "dropout", 0.0, 1.0, high_open=True)
         check_choice(self, where, "fusion", FUSIONS)
+        check_choice(self, where, "skip", SKIPS)
         require(self.head_dim % 2 == 0, where, "head_dim", self.head_dim, "an even integer")
 
 
@@ -95,6 +102,16 @@ class FusionBlock(nn.Module):
         return self.ffn(self.cross(self.self_attention(x), contexts))
 
 
+class NoSkip(nn.Module):
+    def forward(self, out: Tensor, first: Tensor) -> Tensor:
+        return out
+
+
+class FirstFrameSkip(nn.Module):
+    def forward(self, out: Tensor, first: Tensor) -> Tensor:
+        return first + out
+
+
 class FusionDecoder(nn.Module):
     """ŝ (B, T, h, w, d_s) and contexts [(B, T, h, w, C_i)] -> ê (B, T, h, w, token_dim)."""
 
@@ -106,10 +123,16 @@ class FusionDecoder(nn.Module):
         self.blocks = nn.ModuleList(FusionBlock(cfg, grid, context_dims) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(W)
         self.proj_out = nn.Linear(W, token_dim)
+        self.skip = {"none": NoSkip, "first_frame": FirstFrameSkip}[cfg.skip]()
+        if cfg.skip == "first_frame":
+            nn.init.zeros_(self.proj_out.weight)
+            nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, s: Tensor, contexts: list[Tensor]) -> Tensor:
+        """contexts[0] is the first-frame tokens (what `skip` adds to the output)."""
         h = s.shape[2]
         x, *contexts = (rearrange(a, "b t h w d -> b t (h w) d") for a in (self.lift(s), *contexts))
         for block in self.blocks:
             x = block(x, contexts)
-        return rearrange(self.proj_out(self.norm(x)), "b t (h w) d -> b t h w d", h=h)
+        out = self.skip(self.proj_out(self.norm(x)), contexts[0])                   # (B, T, N, D)
+        return rearrange(out, "b t (h w) d -> b t h w d", h=h)

@@ -5,7 +5,10 @@
   51,103,008 (51.13M), IDM 36,022,208 (36.02M), FDM 8,114,624 (8.09M), structure +
   content encoders + memory + fusion decoder 27,765,928 (27.77M). Each module's
   docstring gives the layer shapes that produce its count.
-- ``small``: the CPU demo on 8 x 8 x 384 tokens (DINOv2-S width).
+- ``small``: the CPU demo on 8 x 8 x 384 tokens (DINOv2-S width). Its decoder adds the
+  first-frame tokens to its output (`DecoderConfig.skip`, not in the paper): trained for a
+  few hundred steps, the paper's decoder does not yet reach the "repeat the last frame"
+  baseline, which this residual starts from.
 - ``tiny``: for tests and CI, on 4 x 4 x 32 tokens.
 
 `variant` selects DiLA or a pathway ablation ("no_content" raises the structure
@@ -36,19 +39,19 @@ SIZES: dict[str, dict[str, Any]] = {
                   st=(768, 4, 8, 64, 2048, 512, 0.1), encoder_hidden=768, encoder_depth=2,
                   memory=(2, 32, 4, 2, 256), idm=((64, 128, 256, 512, 512), (2, 2, 2, 1, 0), 32, 1024),
                   fdm=(256, 4, 8, 32, 1024, 512, 0.1), fdm_head=128,
-                  decoder=(768, 3, 8, 32, 2048, 512, 0.0)),
+                  decoder=(768, 3, 8, 32, 2048, 512, 0.0), decoder_skip="none"),
     # small: the CPU demo size. Sized so a training step of 8 clips x 8 frames of 8x8x384 tokens
     # costs ~30 GFLOP (a few tenths of a second on 2 cores): 1.1M parameters.
     "small": dict(grid=(8, 8), token_dim=384, d_s=16, d_c=32, d_z=32, code_dim=2,
                   st=(96, 1, 4, 24, 192, 32, 0.0), encoder_hidden=96, encoder_depth=1,
                   memory=(1, 16, 4, 2, 32), idm=((32, 64, 64), (1, 1, 0), 8, 128),
                   fdm=(64, 1, 4, 16, 128, 32, 0.0), fdm_head=32,
-                  decoder=(96, 1, 4, 24, 192, 32, 0.0)),
+                  decoder=(96, 1, 4, 24, 192, 32, 0.0), decoder_skip="first_frame"),
     "tiny": dict(grid=(4, 4), token_dim=32, d_s=8, d_c=16, d_z=16, code_dim=2,
                  st=(32, 1, 2, 16, 64, 16, 0.0), encoder_hidden=32, encoder_depth=1,
                  memory=(2, 8, 4, 2, 16), idm=((8, 16, 16), (1, 1, 0), 4, 32),
                  fdm=(32, 1, 2, 16, 64, 16, 0.0), fdm_head=16,
-                 decoder=(32, 1, 2, 16, 64, 16, 0.0)),
+                 decoder=(32, 1, 2, 16, 64, 16, 0.0), decoder_skip="none"),
 }
 NSVQ_TOKENS = 16  # 4 x 4 latent tokens
 NO_CONTENT_STRUCTURE_FACTOR = 4  # paper: structure 32 -> 128 without the content pathway
@@ -92,7 +95,7 @@ def preset(name: str, variant: str = "dila", bottleneck: str = "continuous", **o
         idm=IDMConfig(channels=channels, blocks=blocks, groups=groups, head_hidden=idm_head),
         fdm=FDMConfig(st=_transformer(STConfig, size["fdm"], layout="space-time-ffn"), head_hidden=size["fdm_head"]),
         bottleneck=_bottleneck(bottleneck, size),
-        decoder=_transformer(DecoderConfig, size["decoder"], fusion="sequential"),
+        decoder=_transformer(DecoderConfig, size["decoder"], fusion="sequential", skip=size["decoder_skip"]),
         loss=LossConfig(),
     )
     cfg = _replace(cfg, overrides)

@@ -4,7 +4,8 @@ Input: every variant's metrics.json (the evaluate stage's schema, see stages/eva
 and, where present, its latents (z (M, d_z), family (M,), families (names)). Output under
 the eval directory:
 
-    table.md                  rows = variants + the "repeat last frame" baseline
+    table.md                  rows = variants + the "repeat last frame" baseline; then the
+                              paper's numbers beside ours (pipeline/paper.py)
     plots/rollout_error.png   token MSE and cosine vs horizon step, per variant, with the baseline
     plots/latent_pca.png      z projected on its first two principal components, per variant,
                               coloured by the true motion family
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.metrics import pca_2d
+from pipeline.paper import comparison
 
 BASELINE = "repeat last frame"
 DASH = "—"
@@ -141,8 +143,9 @@ def _header(metrics: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def format_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """table.md for metrics {variant: metrics.json content} (in row order)."""
+def format_table(metrics: dict[str, dict[str, Any]], pusht: str | None = None) -> str:
+    """table.md for metrics {variant: metrics.json content} (in row order); `pusht` names the
+    probed dataset set beside the paper's Push-T probe (none when None)."""
     if not metrics:
         raise ValueError("format_table: no variants to report")
     notes = Notes()
@@ -152,6 +155,8 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
               "tokens; probe MSE is in train-set standard deviations of each action dimension.", "",
               "## Synthetic ground truth (token MSE, lower is better)", ""]
     lines += _truth_table(metrics, notes)
+    against = comparison(metrics, pusht)
+    lines += ["", *against] if against else []
     if notes.reasons:
         lines += ["", "## Notes", "", *notes.lines()]
     return "\n".join(lines) + "\n"
@@ -197,7 +202,7 @@ def plot_latents(latents: dict[str, dict[str, np.ndarray]], path: Path) -> Path 
 
 
 def write_report(eval_dir: Path, metrics: dict[str, dict[str, Any]],
-                 latents: dict[str, dict[str, np.ndarray]]) -> Path:
+                 latents: dict[str, dict[str, np.ndarray]], pusht: str | None = None) -> Path:
     """table.md and the plots under eval_dir; returns table.md's path. Stale plots are removed."""
     plots = eval_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -206,5 +211,5 @@ def write_report(eval_dir: Path, metrics: dict[str, dict[str, Any]],
     plot_rollout_error(metrics, plots / "rollout_error.png")
     plot_latents(latents, plots / "latent_pca.png")
     table = eval_dir / "table.md"
-    table.write_text(format_table(metrics))
+    table.write_text(format_table(metrics, pusht))
     return table

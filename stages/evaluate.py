@@ -396,4 +396,5 @@ def summarize(params: Params) -> Path:
         if lat.is_file():
             with np.load(lat) as f:
                 found[variant] = {k: f[k] for k in f.files}
-    return report.write_report(Path(params.paths.report), metrics, found)
+    pusht = next((n for n in params.evaluate.probe_datasets if params.dataset(n).kind == "pusht_zarr"), None)
+    return report.write_report(Path(params.paths.report), metrics, found, pusht)

@@ -21,7 +21,8 @@ def pytest_report_header(config):
 
 
 def tiny_overrides(tmp: Path) -> list[str]:
-    """The tiny preset every pipeline test starts from: 6 short synthetic episodes, a 3x3 token grid."""
+    """The tiny preset every pipeline test starts from: 6 short synthetic episodes, a 3x3 token grid;
+    Push-T (read from ../shared) is only probed where a test asks for it."""
     return [
         f"paths.prepared={tmp}/prepared",
         f"paths.features={tmp}/features",
@@ -38,6 +39,8 @@ def tiny_overrides(tmp: Path) -> list[str]:
         "datasets.synthetic.episodes=6",
         "datasets.synthetic.frames=10",
         "datasets.synthetic.size=32",
+        "datasets.pusht.max_frames=5",
+        "evaluate.probe_datasets=[synthetic]",
     ]
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.params import apply_overrides, read_yaml
 from pipeline.provenance import EXTRACT_CODE
-from tests.conftest import ROOT, TINY_STAGE_TWO, tiny_overrides
+from tests.conftest import ROOT, SHARED, TINY_STAGE_TWO, requires_shared, tiny_overrides
 from tests.stages.helpers import cli_env
 
 GIT = ["git", "-c", "user.name=dila-test", "-c", "user.email=test@dila.invalid", "-c", "init.defaultBranch=main"]
@@ -45,10 +45,18 @@ def copy_project(repo):
         shutil.copy(ROOT / name, repo / name)
 
 
-def make_repo(tmp_path):
+def link_shared(tmp_path) -> bool:
+    """Make ../shared of a repo at tmp_path/repo the real one; False when there is none."""
+    if not SHARED.exists():
+        return False
+    (tmp_path / "shared").symlink_to(SHARED, target_is_directory=True)
+    return True
+
+
+def make_repo(tmp_path, *extra: str):
     repo = tmp_path / "repo"
     copy_project(repo)
-    relative = [o for o in tiny_overrides(tmp_path) + TINY_STAGE_TWO if not o.startswith("paths.")]
+    relative = [o for o in tiny_overrides(tmp_path) + TINY_STAGE_TWO + list(extra) if not o.startswith("paths.")]
     (repo / "params.yaml").write_text(yaml.safe_dump(apply_overrides(read_yaml(ROOT / "params.yaml"), relative)))
     sh(*GIT, "init", "-q", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
@@ -60,13 +68,24 @@ def make_repo(tmp_path):
 
 @pytest.mark.slow
 def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
-    repo = make_repo(tmp_path)
+    # Push-T (outside the repo, read in place) joins as a probed dataset when ../shared is there;
+    # a "no_latent_action" variant joins every foreach by its params entry alone.
+    pusht = link_shared(tmp_path)
+    probe = "[synthetic, pusht]" if pusht else "[synthetic]"
+    datasets = [] if pusht else ["datasets={synthetic: {kind: synthetic, path: pipeline/sources/synthetic.py, "
+                                 "episodes: 6, frames: 10, size: 32}}"]
+    repo = make_repo(tmp_path, f"evaluate.probe_datasets={probe}", *datasets,
+                     "variants.no_action={variant: no_latent_action, bottleneck: continuous}")
     out = sh("dvc", "repro", cwd=repo)
-    for stage in ("prepare@synthetic", "extract@synthetic", "pixel_decoder", "train@dila", "finetune@gaussian_z",
-                  "rollout@discrete_z", "evaluate@no_content", "report"):
+    stages = ["prepare@synthetic", "extract@synthetic", "pixel_decoder", "train@dila", "finetune@gaussian_z",
+              "rollout@discrete_z", "evaluate@no_content", "finetune@no_action", "evaluate@no_action", "report"]
+    for stage in stages + (["prepare@pusht", "extract@pusht"] if pusht else []):
         assert f"Running stage '{stage}'" in out, stage
     table = (repo / "data/report/table.md").read_text()
     assert "random-init (seed 0)" in table and "| dila |" in table and "| repeat last frame |" in table
+    assert "| no_action |" in table and "## Against the paper" in table
+    if pusht:
+        assert "probe pusht R²" in table and "| DiLA | 0.009 |" in table
     assert "Running stage" not in sh("dvc", "repro", cwd=repo)  # a re-run is a no-op
     plots = sh("dvc", "plots", "show", "--json", cwd=repo)  # DVCLive curves are DVC plots
     assert "data/logs/dila/train/plots/metrics/train/L_e.tsv" in plots and "finetune/plots/metrics" in plots
@@ -112,8 +131,10 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 @pytest.mark.slow
+@requires_shared(SHARED / "data" / "pusht_cchi_v7_replay.zarr")
 def test_readme_offline_main_job_on_default_params(tmp_path):
-    """`dvc exp run -S encoder.weights=random` from the README: the whole default job (~10 min)."""
+    """`dvc exp run -S encoder.weights=random` from the README: the whole default job, Push-T included."""
+    link_shared(tmp_path)
     repo = tmp_path / "repo"
     copy_project(repo)
     sh(*GIT, "init", "-q", cwd=repo)
@@ -130,4 +151,4 @@ def test_readme_offline_main_job_on_default_params(tmp_path):
     table = (repo / "data/report/table.md").read_text()
     for variant in ("dila", "no_content", "discrete_z", "gaussian_z"):
         assert f"| {variant} |" in table
-    assert "random-init" in table
+    assert "random-init" in table and "probe pusht R²" in table

@@ -78,3 +78,16 @@ def test_wrong_number_of_contexts_is_an_error():
 def test_config_error_names_the_key():
     with pytest.raises(ValueError, match=r"model\.decoder\.fusion = 'sum' is not allowed: expected one of"):
         dataclasses.replace(CFG, fusion="sum").validate("model.decoder")
+
+
+def test_first_frame_skip_starts_at_e0_and_adds_the_decoder_output():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(CFG, skip="first_frame")
+    skip = FusionDecoder(cfg, (3, 2), d_s=4, token_dim=12, context_dims=[12, 6]).eval()
+    s, contexts = inputs()
+    torch.testing.assert_close(skip(s, contexts), contexts[0], rtol=0, atol=0)   # untrained: repeats e_0
+    plain = make()
+    skip.load_state_dict(plain.state_dict(), strict=True)                         # same parameters
+    torch.testing.assert_close(skip(s, contexts), contexts[0] + plain(s, contexts))
+    with pytest.raises(ValueError, match=r"model\.decoder\.skip = 'last' is not allowed"):
+        dataclasses.replace(CFG, skip="last").validate("model.decoder")

@@ -18,8 +18,10 @@ def test_defaults_parse_into_frozen_typed_objects():
     p = load_params(ROOT / "params.yaml")
     assert p.encoder.model == "facebook/dinov2-small" and p.encoder.weights == "pretrained"
     assert p.encoder.input_size % 14 == 0
-    assert set(p.datasets) == {"synthetic"}
+    assert set(p.datasets) == {"synthetic", "pusht"}
     assert p.datasets["synthetic"].kind == "synthetic"
+    assert (p.datasets["pusht"].kind, p.datasets["pusht"].path) == ("pusht_zarr", "../shared/data/pusht_cchi_v7_replay.zarr")
+    assert p.evaluate.probe_datasets == ("synthetic", "pusht")
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.encoder.input_size = 224
     with pytest.raises(TypeError):
@@ -93,8 +95,8 @@ def test_override_errors():
 
 def test_dataset_lookup_names_known_datasets():
     p = load_params(ROOT / "params.yaml")
-    with pytest.raises(ParamsError, match=r"no dataset named 'pusht'.*synthetic"):
-        p.dataset("pusht")
+    with pytest.raises(ParamsError, match=r"no dataset named 'franka'.*synthetic"):
+        p.dataset("franka")
 
 
 def test_file_errors_name_the_file(tmp_path):
@@ -126,7 +128,7 @@ def test_stage_two_sections_default_and_validate():
 
 @pytest.mark.parametrize(
     "override, key",
-    [("train.dataset=pusht", "train.dataset"), ("evaluate.probe_datasets=[synthetic, pusht]",
+    [("train.dataset=franka", "train.dataset"), ("evaluate.probe_datasets=[synthetic, franka]",
                                                 "evaluate.probe_datasets[1]"),
      ("variants.dila.bottleneck=vq", "variants.dila.bottleneck"), ("train.seq_len=1", "train.seq_len"),
      ("train.optim.lr=0", "train.optim.lr"), ("train.val_fraction=1.0", "train.val_fraction"),

@@ -6,6 +6,7 @@ The runs that must be separate processes call this module as a script:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -48,6 +49,11 @@ def job(store: Path, out: Path, **changes) -> dict:
     return {**base, **changes}
 
 
+def tiny_model(bottleneck: str, data: Windows, loss: dict, dead_after: int):
+    cfg = preset("tiny", bottleneck=bottleneck, grid=data.grid, token_dim=data.dim, loss=loss)
+    return dataclasses.replace(cfg, bottleneck=dataclasses.replace(cfg.bottleneck, dead_after=dead_after))
+
+
 def child(spec: dict) -> None:
     """Train the tiny model on the store per `spec`; SIGKILL itself after update `kill_at`; save the
     final weights to <out>/model.safetensors."""
@@ -56,8 +62,7 @@ def child(spec: dict) -> None:
     train_eps, val_eps = split_episodes(6, 0.2, seed=0)
     data = [Windows(Path(spec["store"]), eps, spec["seq_len"], 1) for eps in (train_eps, val_eps)]
     seed_everything(0)
-    model = DiLA(preset("tiny", bottleneck=spec["bottleneck"], grid=data[0].grid, token_dim=data[0].dim,
-                        loss=spec["loss"]))
+    model = DiLA(tiny_model(spec["bottleneck"], data[0], spec["loss"], spec.get("dead_after", 100)))
     seed_everything(0, d.rank)
     run = TrainSpec(objective="teacher_forcing", steps=spec["steps"], batch_size=spec["batch_size"],
                     optim=OptimParams(**spec["optim"]), checkpoint_every=spec["checkpoint_every"],
@@ -72,6 +77,8 @@ def child(spec: dict) -> None:
           on_step=on_step, show_progress=False)
     if d.is_main:
         save_checkpoint(out / "model.safetensors", model, spec["steps"])
+    if spec.get("every_rank"):
+        save_checkpoint(out / f"model.rank{d.rank}.safetensors", model, spec["steps"])
 
 
 def run_child(spec: dict, ranks: int = 1) -> subprocess.CompletedProcess:
@@ -178,11 +185,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_store, tmp_path):
 
 
 def test_two_ranks_equal_one(tiny_store, tmp_path):
-    # terms that use statistics of the whole batch (anti-collapse std, symmetry mask normaliser) are
-    # switched off: with them a rank's half batch is a different objective. Adam turns rounding
+    # The whole objective, including the terms that are statistics of the whole batch (anti-collapse
+    # σ_z, the symmetry normaliser): they are gathered over the ranks. The continuous bottleneck draws
+    # no noise (the others' noise comes from each rank's own generator). Adam turns rounding
     # differences of near-zero gradients into steps of up to lr, so the lr is kept small.
     spec = dict(steps=4, checkpoint_every=100, val_every=2, bottleneck="continuous",
-                loss={"collapse_scale": 0.0, "lambda_sym": 0.0},
+                loss={"lambda_sym": 0.5, "lambda_z": 0.5},
                 optim={"lr": 3e-4, "schedule": "constant", "warmup_steps": 0})
     one = run_child(job(tiny_store, tmp_path / "one", **spec))
     assert one.returncode == 0, one.stderr[-3000:]
@@ -191,12 +199,28 @@ def test_two_ranks_equal_one(tiny_store, tmp_path):
     a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("one", "two"))
     for name in a:
         np.testing.assert_allclose(a[name].numpy(), b[name].numpy(), atol=2e-5, rtol=0, err_msg=name)
-    for name in ("train/loss", "val/L_e"):
+    for name in ("train/loss", "train/L_collapse", "train/L_sym", "train/z_std", "val/L_e"):
         left, right = curve(tmp_path / "one" / "live", name), curve(tmp_path / "two" / "live", name)
         assert [s for s, _ in left] == [s for s, _ in right]
-        np.testing.assert_allclose([v for _, v in left], [v for _, v in right], rtol=1e-4)
+        np.testing.assert_allclose([v for _, v in left], [v for _, v in right], rtol=1e-4, err_msg=name)
     losses = [v for _, v in curve(tmp_path / "one" / "live", "train/loss")]
     assert len(set(losses)) == len(losses)  # the weights moved: equality is not the initialisation's
+
+
+def test_two_ranks_keep_one_nsvq_codebook(tiny_store, tmp_path):
+    # dead_after=1: every code unused in the global batch is replaced at the next step, from tokens
+    # that differ per rank; the ranks must still hold the same codebook (and the same weights).
+    spec = dict(steps=6, checkpoint_every=100, val_every=100, bottleneck="nsvq", every_rank=True, dead_after=1)
+    two = run_child(job(tiny_store, tmp_path / "two", **spec), ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    seed_everything(0)
+    init_codes = DiLA(tiny_model("nsvq", Windows(tiny_store, np.arange(6), 3, 1), {}, 1)).state_dict()
+    r0, r1 = (load_file(tmp_path / "two" / f"model.rank{r}.safetensors") for r in (0, 1))
+    assert sorted(r0) == sorted(r1)
+    for name in r0:
+        assert torch.equal(r0[name], r1[name]), name
+    codebook = next(name for name in r0 if name.endswith("codebook"))
+    assert not torch.allclose(r0[codebook], init_codes[codebook].to(r0[codebook].dtype))  # codes were reset
 
 
 if __name__ == "__main__":

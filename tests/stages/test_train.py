@@ -94,5 +94,23 @@ def test_phase_2_learns_and_needs_phase_1(trained, tmp_path):
         finetune.run(params, "no_content", show_progress=False)
     ablation = make_params(tmp_path, f"paths.features={trained.paths.features}", *STAGE,
                            "variants={x: {variant: no_latent_action}}")
-    with pytest.raises(ValueError, match="no latent actions to roll out"):
+    with pytest.raises(FileNotFoundError, match="run `dila train x` first"):
         finetune.run(ablation, "x", show_progress=False)
+
+
+def test_phase_2_of_a_model_without_latent_actions_records_why_and_keeps_phase_1(trained, tmp_path):
+    params = make_params(tmp_path, f"paths.features={trained.paths.features}", f"paths.models={tmp_path}/models",
+                         f"paths.logs={tmp_path}/logs", *STAGE, "train.steps=2",
+                         "variants={x: {variant: no_latent_action}}")
+    weights = train.run(params, "x", show_progress=False)
+    before = weights.read_bytes()
+    out = finetune.run(params, "x", show_progress=False)
+    assert out == train.model_dir(params, "x", "finetune") / "skipped.json"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["skipped.json"]   # no weights of its own
+    record = json.loads(out.read_text())
+    assert "no latent actions to roll out" in record["skipped"]
+    assert record["final_weights"] == {"path": str(weights), "sha256": train.file_sha256(weights)}
+    live = train.log_dir(params, "x", "finetune")
+    assert json.loads((live / "metrics.json").read_text()) == {"skipped": record["skipped"]}
+    assert (live / "plots" / "metrics").is_dir()
+    assert weights.read_bytes() == before
