@@ -77,7 +77,8 @@ def cell(m: dict[str, Any], key: str, notes: Notes) -> str:
 def _columns(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     """(header, metrics key) of the main table; one group of probe columns per probe dataset."""
     cols = [("rollout token MSE", "rollout.token_mse"), ("rollout SSIM", "rollout.ssim"),
-            ("rollout LPIPS", "rollout.lpips"), ("cycle transfer token MSE", "cycle_transfer.token_mse"),
+            ("rollout LPIPS", "rollout.lpips"), ("rollout token MSE, another clip's z", "rollout.other_z.token_mse"),
+            ("cycle transfer token MSE", "cycle_transfer.token_mse"),
             ("cycle transfer SSIM", "cycle_transfer.ssim"), ("teacher-forced val MSE", "teacher_forced.val_mse")]
     probed = sorted({name for m in metrics.values() for name in m.get("probe", {})}
                     | {key.split(".")[1] for m in metrics.values() for key in m.get("unavailable", {})

@@ -7,7 +7,9 @@ episodes of `train.dataset`. Sections of `<paths.eval>/<variant>/metrics.json`:
 
 - rollout: from the rollout stage's tokens; token MSE and cosine per horizon step and their
   means, also for the "repeat the last context frame" baseline; SSIM (LPIPS) of decoded
-  rollouts vs decoded true tokens (the pixel decoder's own error cancels).
+  rollouts vs decoded true tokens (the pixel decoder's own error cancels); other_z: token
+  MSE of rollouts under the next clip's actions instead of their own (if it equals the
+  true-z error, the model ignores z).
 - cycle_transfer: clip i's motion onto clip i+1's first frame and back onto clip i's
   (`pipeline.metrics.cycle_transfer`); token MSE to clip i (baseline: its first frame
   repeated), SSIM where the pixel decoder exists.
@@ -151,7 +153,23 @@ def rollout_section(ctx: Context) -> dict[str, Any]:
                 **_mean_steps(M.cosine_per_step(base, future), "cosine")}
     out.update(pixel_scores(ctx, "rollout", pred, future))
     baseline.update(pixel_scores(ctx, "rollout.baseline", base, future))
+    if has_latent_actions(ctx.model):
+        out["other_z"] = _mean_steps(M.token_mse_per_step(_other_z_rollouts(ctx, truth), future), "token_mse")
+    else:
+        ctx.unavailable["rollout.other_z"] = "the model has no latent actions"
     return {**out, "baseline": baseline}
+
+
+def _other_z_rollouts(ctx: Context, truth: np.ndarray) -> np.ndarray:
+    """Rollouts of each clip from its own context under the next clip's inferred actions: how much
+    the rollout depends on z (equal errors to the true-z rollout mean z is ignored)."""
+    r = ctx.params.rollout
+
+    def one(clip: torch.Tensor, donor: torch.Tensor) -> torch.Tensor:
+        z = ctx.model.infer_actions(donor)                                         # (B, T-1, d_z)
+        return ctx.model.rollout(clip[:, :r.context], z[:, r.context - 1:], r.horizon).e
+
+    return batched(one, truth, np.roll(truth, -1, axis=0), dev=ctx.dev)            # (N, H, h, w, D)
 
 
 def cycle_section(ctx: Context) -> dict[str, Any]:

@@ -58,6 +58,18 @@ def test_rollout_errors_are_computed_from_the_stored_rollouts(run):
     assert (r["episodes"], r["context"], r["horizon"]) == (2, 1, 3)
 
 
+def test_rollouts_under_another_clips_actions(run):
+    truth, _ = normalized_rollouts(run.params)
+    e = torch.from_numpy(truth)
+    with torch.no_grad():
+        z = run.model.infer_actions(torch.roll(e, -1, dims=0))                     # the next clip's actions
+        other = run.model.rollout(e[:, :1], z, 3).e.numpy()
+    got = run.metrics["rollout"]["other_z"]
+    np.testing.assert_allclose(got["token_mse_per_step"], np.square(other - truth[:, 1:]).mean(axis=(0, 2, 3, 4)),
+                               rtol=1e-5)
+    assert got["token_mse"] == pytest.approx(np.mean(got["token_mse_per_step"]))
+
+
 def val_clips(params):
     _, val = rollout.split_windows(params, "synthetic", params.train.seq_len)
     return rollout.stack(val, rollout.pick(val, tile=False))
