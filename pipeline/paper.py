@@ -24,7 +24,8 @@ ABLATION = {
 PUSHT_PROBE = {"DiLA": 0.009, "Discrete z": 0.023, "Gaussian z": 0.041}
 
 
-def _get(m: dict[str, Any], key: str) -> Any:
+def lookup(m: dict[str, Any], key: str) -> Any:
+    """m[a][b][c] for key "a.b.c"; None where a part is missing."""
     node: Any = m
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -60,7 +61,7 @@ def _ours(metrics: dict[str, dict[str, Any]], keys: tuple[str, ...],
     """Our value per paper row of `among` from the first key every such variant has, and that key."""
     rows = {paper_row(m): m for m in metrics.values() if paper_row(m) in among}
     for key in keys:
-        values = {row: _get(m, key) for row, m in rows.items()}
+        values = {row: lookup(m, key) for row, m in rows.items()}
         if values and all(v is not None for v in values.values()):
             return {row: float(v) for row, v in values.items()}, key
     return {}, None
@@ -98,7 +99,7 @@ def _probe(metrics: dict[str, dict[str, Any]], probe_dataset: str) -> list[str]:
     rows = {paper_row(m): m for m in metrics.values() if paper_row(m) in PUSHT_PROBE}
     for row, paper_mse in PUSHT_PROBE.items():
         m = rows.get(row, {})
-        mse, r2 = _get(m, f"probe.{probe_dataset}.mse"), _get(m, f"probe.{probe_dataset}.r2")
+        mse, r2 = lookup(m, f"probe.{probe_dataset}.mse"), lookup(m, f"probe.{probe_dataset}.r2")
         lines.append(_line(row, [f"{paper_mse:g}", "—" if mse is None else f"{mse:.4g}",
                                  "—" if r2 is None else f"{r2:.4g}"]))
     if ours:

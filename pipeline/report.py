@@ -24,19 +24,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.metrics import pca_2d
-from pipeline.paper import comparison
+from pipeline.paper import comparison, lookup
 
 BASELINE = "repeat last frame"
 DASH = "—"
-
-
-def _get(m: dict[str, Any], key: str) -> Any:
-    node: Any = m
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _reason(m: dict[str, Any], key: str) -> str:
@@ -70,7 +61,7 @@ def number(value: float) -> str:
 
 
 def cell(m: dict[str, Any], key: str, notes: Notes) -> str:
-    value = _get(m, key)
+    value = lookup(m, key)
     return notes.ref(_reason(m, key)) if value is None else number(value)
 
 
@@ -85,7 +76,7 @@ def _columns(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
                        if key.startswith("probe.")})
     for name in probed:
         cols += [(f"probe {name} MSE", f"probe.{name}.mse"), (f"probe {name} R²", f"probe.{name}.r2")]
-        if any(_get(m, f"probe.{name}.r2_translation") is not None for m in metrics.values()):
+        if any(lookup(m, f"probe.{name}.r2_translation") is not None for m in metrics.values()):
             cols.append((f"probe {name} R² (dx, dy)", f"probe.{name}.r2_translation"))
     return cols
 
@@ -101,8 +92,8 @@ def _main_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]:
         cells = []
         for header, key in cols:
             text = cell(m, key, notes)
-            if key == "teacher_forced.val_mse" and _get(m, key) is not None:
-                text += f" @ {_get(m, 'teacher_forced.step')} steps"
+            if key == "teacher_forced.val_mse" and lookup(m, key) is not None:
+                text += f" @ {lookup(m, 'teacher_forced.step')} steps"
             cells.append(text)
         lines.append(_row(variant, cells))
     source = next((m for m in metrics.values() if "rollout" in m), None)
