@@ -115,9 +115,12 @@ class NSVQ(nn.Module):
     @torch.no_grad()
     def _reset_dead_codes(self, tokens: Tensor) -> None:
         """Replace codes idle for dead_after steps by random tokens of the (global) batch; under
-        DDP rank 0 draws them, so every rank keeps the same codebook."""
-        flat = gather(tokens.detach().reshape(-1, self.code_dim))                   # (N, code_dim)
+        DDP rank 0 draws them, so every rank keeps the same codebook. idle_steps counts usage over
+        all ranks, so every rank takes the early return together (no collective is left waiting)."""
         dead = self.idle_steps >= self.dead_after                                   # (K,)
+        if not dead.any():
+            return
+        flat = gather(tokens.detach().reshape(-1, self.code_dim))                   # (N, code_dim)
         pick = from_first_rank(flat[torch.randint(len(flat), (len(dead),), device=flat.device)])
         self.codebook.copy_(torch.where(dead[:, None], pick.to(self.codebook.dtype), self.codebook))
         self.idle_steps.masked_fill_(dead, 0)

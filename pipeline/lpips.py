@@ -4,15 +4,18 @@ LPIPS needs the optional `lpips` package (extra `dila[lpips]`, which brings torc
 its linear-layer weights (shipped inside the package) and the ImageNet AlexNet weights in
 the torch hub cache. `load_lpips()` checks each of these without touching the network and
 returns either a metric or None with the reason, so that callers report "not computed:
-<reason>" and never a made-up number.
+<reason>" and never a made-up number. `frame_lpips()` is the same metric on numpy frames,
+loaded once per process.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -70,3 +73,18 @@ def load_lpips(device: str | torch.device = "cpu") -> tuple[LpipsFn | None, str]
         return d.reshape(-1).to(a.device)
 
     return metric, ""
+
+
+@functools.cache
+def frame_lpips() -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray] | None, str]:
+    """`load_lpips()` once per process, as a function of numpy frames (N, H, W, 3) in [0, 1] -> (N,);
+    or (None, reason)."""
+    metric, reason = load_lpips()
+    if metric is None:
+        return None, reason
+
+    def on_frames(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ta, tb = (torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() for x in (a, b))
+        return metric(ta, tb).cpu().numpy()
+
+    return on_frames, ""

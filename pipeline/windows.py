@@ -16,8 +16,9 @@ handle a fork copied); actions and labels (small) are read into memory once.
 
 `StepBatches` yields the batches of global steps start..stop-1; the windows of step k
 are a function of (seed, k) only: step k takes positions k*B .. k*B + B - 1 of an
-endless sequence of seeded permutations (one per epoch over the windows). So a run resumed at step k reads exactly the batches an
-uninterrupted run reads, and under DDP rank r of W takes slice r of each global batch.
+endless sequence of seeded permutations (one per epoch over the windows). So a run
+resumed at step k reads exactly the batches an uninterrupted run reads, and under DDP
+rank r of W takes slice r of each global batch.
 """
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ from pipeline import metrics as M
 from pipeline import report
 from pipeline.config import to_dict
 from pipeline.encoder import EncoderUnavailable, FrozenEncoder, load_encoder
-from pipeline.lpips import load_lpips
+from pipeline.lpips import frame_lpips
 from pipeline.params import EncoderParams, Params
 from pipeline.sources import build_source
 from pipeline.sources.synthetic import MOTIONS, Appearance, Motion
@@ -93,23 +93,6 @@ def _mean_steps(values: np.ndarray, prefix: str) -> dict[str, Any]:
     return {prefix: float(np.mean(values)), f"{prefix}_per_step": [float(v) for v in values]}
 
 
-_LPIPS: dict[str, Any] = {}
-
-
-def lpips_metric() -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray] | None, str | None]:
-    """LPIPS of frames (N, S, S, 3) in [0, 1] (pipeline.lpips, offline only), or None and why not."""
-    if "fn" not in _LPIPS:
-        metric, reason = load_lpips()
-        if metric is None:
-            _LPIPS["fn"], _LPIPS["why"] = None, reason
-        else:
-            def fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                ta, tb = (torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() for x in (a, b))
-                return metric(ta, tb).cpu().numpy()
-            _LPIPS["fn"], _LPIPS["why"] = fn, None
-    return _LPIPS["fn"], _LPIPS["why"]
-
-
 def pixel_scores(ctx: Context, section: str, pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     """SSIM and LPIPS per step of decoded pred vs decoded truth, both (N, T, h, w, D); reasons
     go to ctx.unavailable when the decoder or LPIPS is missing."""
@@ -120,7 +103,7 @@ def pixel_scores(ctx: Context, section: str, pred: np.ndarray, truth: np.ndarray
     a = ctx.decode(pred.reshape(n * t, *pred.shape[2:]))                           # (N*T, S, S, 3)
     b = ctx.decode(truth.reshape(n * t, *truth.shape[2:]))
     out = _mean_steps(M.ssim(a, b).reshape(n, t).mean(0), "ssim")
-    lp, why = lpips_metric()
+    lp, why = frame_lpips()
     if lp is None:
         ctx.unavailable[f"{section}.lpips"] = why
     else:

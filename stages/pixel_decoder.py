@@ -37,13 +37,13 @@ from torch.utils.data import DataLoader
 
 from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from pipeline import store
-from pipeline.trainer import build_optimizer
 from pipeline.checkpoint import CheckpointError, load_weights
 from pipeline.config import build, to_dict
 from pipeline.params import Params, PixelDecoderParams
 from pipeline.progress import track
 from pipeline.sources import SourceError, build_source
 from pipeline.split import episode_bounds, split_episodes
+from pipeline.trainer import build_optimizer
 from pipeline.windows import EPS
 from stages.extract import ShardFrames, store_path
 from stages.prepare import read_manifest

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from pipeline.lpips import load_lpips
+from pipeline.lpips import frame_lpips, load_lpips
 
 
 def fake_lpips(monkeypatch, tmp_path, with_linear_weights: bool) -> None:
@@ -28,6 +28,17 @@ def test_missing_package_gives_none_and_the_install_hint(monkeypatch):
     metric, reason = load_lpips()
     assert metric is None
     assert reason.startswith("lpips is not installed") and "pip install dila[lpips]" in reason
+
+
+def test_frame_lpips_loads_once_and_passes_the_reason_on(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    frame_lpips.cache_clear()
+    try:
+        fn, reason = frame_lpips()
+        assert fn is None and reason == load_lpips()[1]
+        assert frame_lpips() is frame_lpips()                              # loaded once per process
+    finally:
+        frame_lpips.cache_clear()
 
 
 def test_package_without_its_linear_weights_gives_none(monkeypatch, tmp_path):
