@@ -123,9 +123,9 @@ def evaluate(variant: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt
 @app.command()
 def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
     """Write the ablation table (Markdown) and plots from every variant's metrics."""
-    from stages import evaluate as stage
+    from stages import report as stage
 
-    path = _guard(stage.summarize, _params(params, set_))
+    path = _guard(stage.run, _params(params, set_))
     out.print(f"report: wrote {path}")
 
 

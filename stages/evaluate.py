@@ -1,5 +1,5 @@
-"""Stage `evaluate@<variant>`: every evaluation of one variant, as a DVC metrics file; and
-stage `report` (`summarize`): the table and plots over all variants.
+"""Stage `evaluate@<variant>`: every evaluation of one variant, as a DVC metrics file (the
+`report` stage tabulates them over all variants).
 
 Token errors are on normalized tokens (the model's space). A "clip" is `train.seq_len` frames
 `train.frame_skip` apart from the first frame of one of the first `rollout.episodes` held-out
@@ -44,7 +44,6 @@ import zarr
 
 from dila_core.model import DiLA
 from pipeline import metrics as M
-from pipeline import report
 from pipeline.config import to_dict
 from pipeline.encoder import EncoderUnavailable, FrozenEncoder, load_encoder
 from pipeline.lpips import frame_lpips
@@ -384,18 +383,3 @@ def run(params: Params, variant: str) -> Path:
     path.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
     return path
 
-
-def summarize(params: Params) -> Path:
-    """Stage `report`: table.md and plots from every variant's metrics.json; returns table.md's path."""
-    metrics, found = {}, {}
-    for variant in params.variants:
-        path = metrics_path(params, variant)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no metrics for variant {variant!r}; run `dila evaluate {variant}` first")
-        metrics[variant] = json.loads(path.read_text())
-        lat = latents_path(params, variant)
-        if lat.is_file():
-            with np.load(lat) as f:
-                found[variant] = {k: f[k] for k in f.files}
-    pusht = next((n for n in params.evaluate.probe_datasets if params.dataset(n).kind == "pusht_zarr"), None)
-    return report.write_report(Path(params.paths.report), metrics, found, pusht)

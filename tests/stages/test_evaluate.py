@@ -180,14 +180,3 @@ def test_variant_without_latent_actions(run):
     assert m["ground_truth"]["rebinding"]["token_mse"] > 0 and "drift" in m["motion_isolation"]
     with np.load(evaluate.latents_path(p, "nola")) as f:
         assert f["z"].shape == (0, 0) and f["family"].shape == (0,)
-
-
-def test_summarize_writes_the_table_and_plots(run):
-    table = evaluate.summarize(run.params)
-    text = table.read_text()
-    assert table == Path(run.params.paths.report) / "table.md"
-    assert "\n| dila | " in text and "\n| repeat last frame | " in text and "random-init (seed 0)" in text
-    assert sorted(p.name for p in (table.parent / "plots").iterdir()) == ["latent_pca.png", "rollout_error.png"]
-    p = stage_params(run.tmp, ONLY_DILA, "variants.other.variant=dila")
-    with pytest.raises(FileNotFoundError, match="run `dila evaluate other` first"):
-        evaluate.summarize(p)
