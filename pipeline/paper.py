@@ -56,10 +56,16 @@ def verdict(paper: dict[str, float], ours: dict[str, float]) -> str:
     return f"disagrees ({best})"
 
 
+def _rows(metrics: dict[str, dict[str, Any]], among: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """{paper row: metrics} of the variants that map to a row of `among`."""
+    rows = ((paper_row(m), m) for m in metrics.values())
+    return {row: m for row, m in rows if row in among}
+
+
 def _ours(metrics: dict[str, dict[str, Any]], keys: tuple[str, ...],
           among: dict[str, float]) -> tuple[dict[str, float], str | None]:
     """Our value per paper row of `among` from the first key every such variant has, and that key."""
-    rows = {paper_row(m): m for m in metrics.values() if paper_row(m) in among}
+    rows = _rows(metrics, among)
     for key in keys:
         values = {row: lookup(m, key) for row, m in rows.items()}
         if values and all(v is not None for v in values.values()):
@@ -96,7 +102,7 @@ def _probe(metrics: dict[str, dict[str, Any]], probe_dataset: str) -> list[str]:
              "trained on the train dataset only; MSE in train-set standard deviations (the paper's scale is "
              "not stated, so compare orderings, not values).", "",
              "| model | paper MSE | our MSE | our R² |", "|---|---|---|---|"]
-    rows = {paper_row(m): m for m in metrics.values() if paper_row(m) in PUSHT_PROBE}
+    rows = _rows(metrics, PUSHT_PROBE)
     for row, paper_mse in PUSHT_PROBE.items():
         m = rows.get(row, {})
         mse, r2 = lookup(m, f"probe.{probe_dataset}.mse"), lookup(m, f"probe.{probe_dataset}.r2")

@@ -11,24 +11,10 @@ from pipeline import metrics as M
 from pipeline.split import split_episodes
 from pipeline.store import open_store
 from pipeline.sources.synthetic import MOTIONS
-from stages import evaluate, extract, prepare, rollout
+from stages import evaluate, extract, rollout
 from stages.train import final_record
+from tests.stages.conftest import ONLY_DILA
 from tests.stages.test_rollout import save_decoder, save_model, stage_params
-
-ONLY_DILA = "variants={dila: {variant: dila}}"  # the whole mapping: just DiLA
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Store, an untrained tiny dila model, its rollouts and its metrics (no pixel decoder)."""
-    tmp = tmp_path_factory.mktemp("evaluate")
-    params = stage_params(tmp, ONLY_DILA)
-    prepare.run(params, "synthetic", show_progress=False)
-    extract.run(params, "synthetic", show_progress=False)
-    model = save_model(params, "dila")
-    rollout.run(params, "dila")
-    path = evaluate.run(params, "dila")
-    return SimpleNamespace(params=params, tmp=tmp, model=model, path=path, metrics=json.loads(path.read_text()))
 
 
 def normalized_rollouts(params):

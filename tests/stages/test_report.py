@@ -3,11 +3,11 @@ from pathlib import Path
 import pytest
 
 from stages import report
-from tests.stages.test_evaluate import ONLY_DILA, run  # noqa: F401  (the evaluated tiny run, a fixture)
+from tests.stages.conftest import ONLY_DILA
 from tests.stages.test_rollout import stage_params
 
 
-def test_writes_the_table_and_plots(run):  # noqa: F811
+def test_writes_the_table_and_plots(run):
     table = report.run(run.params)
     text = table.read_text()
     assert table == Path(run.params.paths.report) / "table.md"
@@ -15,7 +15,7 @@ def test_writes_the_table_and_plots(run):  # noqa: F811
     assert sorted(p.name for p in (table.parent / "plots").iterdir()) == ["latent_pca.png", "rollout_error.png"]
 
 
-def test_a_variant_without_metrics_names_the_stage_to_run(run):  # noqa: F811
+def test_a_variant_without_metrics_names_the_stage_to_run(run):
     p = stage_params(run.tmp, ONLY_DILA, "variants.other.variant=dila")
     with pytest.raises(FileNotFoundError, match="run `dila evaluate other` first"):
         report.run(p)
