@@ -9,19 +9,19 @@ The safetensors metadata (strings only) records:
 (so a config that no longer validates is a clear error) and loads the weights
 strictly: a missing, unexpected or mis-shaped tensor is an error naming the file.
 Files are written to a temporary name and renamed, so a crash never leaves half a
-checkpoint under the final name.
+checkpoint under the final name, and with the metadata keys sorted, so the same weights
+always give the same bytes (`pipeline.safefile`).
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from dila_core.model import DiLA, DiLAConfig
+from pipeline import safefile
 from pipeline.config import build, to_dict
 
 FORMAT = "dila-checkpoint/1"
@@ -35,14 +35,9 @@ def save_checkpoint(path: str | Path, model: DiLA, step: int) -> Path:
     """Write model's weights, config and `step` to `path` (atomically); returns the path."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"save_checkpoint: step = {step!r} is not allowed: expected an integer >= 0")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(to_dict(model.cfg), sort_keys=True), "step": str(step)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return safefile.save(path, tensors, metadata)
 
 
 def read_metadata(path: str | Path) -> tuple[DiLAConfig, int]:

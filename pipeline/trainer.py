@@ -9,10 +9,13 @@ Resume state (one safetensors file, written atomically by rank 0 every
 `checkpoint_every` steps): the model's weights (`model/*`), AdamW's tensors
 (`optim/<param>/<key>`), every rank's RNG states (`rng/<device>/<rank>`); its string
 metadata holds the step, the plan (everything the result depends on, as JSON), the
-optimizer's param groups and the scheduler's state (JSON). A run whose plan differs
-from the state's starts fresh. On CPU a run killed at any point and re-run ends with
-the same losses and weights as an uninterrupted one: the batches of step k depend only
-on (seed, k) (see windows.py) and the RNG states are restored.
+optimizer's param groups, the scheduler's state and every rank's partial logging window
+(the sums of the steps since the last logged one, so a checkpoint between two logged
+steps does not change what the next one logs). A run whose plan differs from the
+state's starts fresh. On CPU a run killed at any point and re-run ends with the same
+losses, weights and logged metrics as an uninterrupted one: the batches of step k
+depend only on (seed, k) (see windows.py) and the RNG states are restored. Files are
+written with sorted metadata (`pipeline.safefile`), so equal states give equal bytes.
 
 Metrics go to DVCLive (rank 0 only): `train/*` means over the last `log_every` steps
 (averaged over ranks), `val/*` on fixed held-out windows every `val_every` steps and
@@ -34,10 +37,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline import safefile
 from pipeline.distributed import Dist, barrier
 from pipeline.params import OptimParams
 from pipeline.windows import FixedBatches, StepBatches, Windows, fixed_windows, loader
@@ -102,11 +105,12 @@ class Objective(nn.Module):
 
 # -- resume state ---------------------------------------------------------------------------------
 
-def _rng_states(d: Dist) -> list[dict[str, Tensor]]:
-    """Every rank's RNG states (gathered; a collective under torchrun)."""
-    mine = {"cpu": torch.get_rng_state()}
+def _rank_states(d: Dist, meter: Meter | None) -> list[tuple[dict[str, Tensor], dict | None]]:
+    """Every rank's RNG states and partial logging window (gathered; a collective under torchrun)."""
+    rng = {"cpu": torch.get_rng_state()}
     if d.device.type == "cuda":
-        mine["cuda"] = torch.cuda.get_rng_state(d.device)
+        rng["cuda"] = torch.cuda.get_rng_state(d.device)
+    mine = (rng, None if meter is None else meter.state())
     if d.world == 1:
         return [mine]
     every: list = [None] * d.world
@@ -114,9 +118,10 @@ def _rng_states(d: Dist) -> list[dict[str, Tensor]]:
     return every
 
 
-def save_state(path: Path, model: nn.Module, opt, sched, step: int, plan: dict, d: Dist) -> None:
+def save_state(path: Path, model: nn.Module, opt, sched, step: int, plan: dict, d: Dist,
+               meter: Meter | None = None) -> None:
     """Write the resume state of `step` (all ranks call it; rank 0 writes)."""
-    rngs = _rng_states(d)
+    ranks = _rank_states(d, meter)
     if not d.is_main:
         return
     optim = opt.state_dict()
@@ -128,20 +133,18 @@ def save_state(path: Path, model: nn.Module, opt, sched, step: int, plan: dict, 
                 tensors[f"optim/{idx}/{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{idx}/{key}"] = value
-    for rank, states in enumerate(rngs):
+    for rank, (states, _) in enumerate(ranks):
         tensors.update({f"rng/{dev}/{rank}": s.cpu() for dev, s in states.items()})
     meta = {"format": FORMAT, "step": str(step), "plan": json.dumps(plan, sort_keys=True),
             "optim_groups": json.dumps(optim["param_groups"]), "optim_scalars": json.dumps(scalars),
-            "scheduler": json.dumps(sched.state_dict())}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+            "scheduler": json.dumps(sched.state_dict()), "meters": json.dumps([m for _, m in ranks])}
+    safefile.save(path, tensors, meta)
 
 
-def load_state(path: Path, model: nn.Module, opt, sched, plan: dict, d: Dist) -> int:
+def load_state(path: Path, model: nn.Module, opt, sched, plan: dict, d: Dist, meter: Meter | None = None) -> int:
     """Restore the state at `path` if it exists and was made under `plan`; returns its step
-    (0: nothing to resume; a state of another plan is ignored and later overwritten)."""
+    (0: nothing to resume; a state of another plan is ignored and later overwritten). `meter`
+    gets this rank's partial logging window back."""
     if not path.is_file():
         return 0
     try:
@@ -163,6 +166,9 @@ def load_state(path: Path, model: nn.Module, opt, sched, plan: dict, d: Dist) ->
     torch.set_rng_state(tensors[f"rng/cpu/{d.rank}"])
     if d.device.type == "cuda":
         torch.cuda.set_rng_state(tensors[f"rng/cuda/{d.rank}"], d.device)
+    saved = json.loads(meta.get("meters", "null")) or [None] * d.world
+    if meter is not None and saved[d.rank] is not None:
+        meter.restore(saved[d.rank])
     return int(meta["step"])
 
 
@@ -220,6 +226,13 @@ class Meter:
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.count += 1
 
+    def state(self) -> dict:
+        """The partial window as JSON-able values (floats round-trip exactly through JSON)."""
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def restore(self, state: dict) -> None:
+        self.sums, self.count = dict(state["sums"]), int(state["count"])
+
     def means(self, d: Dist) -> dict[str, float]:
         keys = sorted(self.sums)
         values = torch.tensor([self.sums[k] / self.count for k in keys], dtype=torch.float64)
@@ -270,12 +283,12 @@ class Trainer:
         self.model, self.spec, self.files, self.d = model.to(d.device).train(), spec, files, d
         self.plan = {**plan, "spec": asdict(spec), "world": d.world}
         self.opt, self.sched = build_optimizer(model, spec.optim, spec.steps)
-        self.start = load_state(files.state, model, self.opt, self.sched, self.plan, d)
+        self.meter = Meter()
+        self.start = load_state(files.state, model, self.opt, self.sched, self.plan, d, self.meter)
         net = Objective(model, spec.objective)
         self.net = DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None) \
             if d.world > 1 else net
         self.live = open_live(files.live, self.start) if d.is_main else None
-        self.meter = Meter()
 
     def step(self, e: Tensor) -> dict[str, float]:
         """One update on e (b, T, h, w, D): the objective's logs, grad norm and the step's LR."""
@@ -313,7 +326,7 @@ class Trainer:
             val = validate(self.model, val_set, spec, self.d)
             self.log(step, "val", val, show)
         if step % spec.checkpoint_every == 0 and not last:
-            save_state(self.files.state, self.model, self.opt, self.sched, step, self.plan, self.d)
+            save_state(self.files.state, self.model, self.opt, self.sched, step, self.plan, self.d, self.meter)
             barrier(self.d)
         return val
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,12 +30,11 @@ import torch
 import torch.nn.functional as F
 from matplotlib import image as mpimg
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
-from pipeline import store
+from pipeline import safefile, store
 from pipeline.checkpoint import CheckpointError, load_weights
 from pipeline.config import build, to_dict
 from pipeline.params import Params, PixelDecoderParams
@@ -235,15 +233,12 @@ def mean_frame_errors(pairs: Pairs, train_idx: np.ndarray, idx: np.ndarray) -> n
 
 
 def save_pixel_decoder(path: Path, model: PixelDecoder, step: int, meta: dict[str, Any]) -> Path:
-    """Weights, config, step and `meta` (JSON-able) in one safetensors file, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Weights, config, step and `meta` (JSON-able) in one safetensors file, written atomically (the same
+    weights give the same bytes)."""
     tensors = {k: t.detach().to("cpu").contiguous() for k, t in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(to_dict(model.cfg), sort_keys=True), "step": str(step),
                 "meta": json.dumps(meta, sort_keys=True)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return safefile.save(path, tensors, metadata)
 
 
 def load_pixel_decoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[PixelDecoder, dict[str, Any]]:

@@ -110,3 +110,10 @@ def test_load_weights_into_an_existing_model_and_bad_step(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match="step = -1 is not allowed"):
         save_checkpoint(tmp_path / "x.safetensors", model, step=-1)
+
+
+def test_the_same_weights_give_the_same_bytes(tmp_path):
+    model = trained_tiny("nsvq")
+    files = [save_checkpoint(tmp_path / f"{i}.safetensors", model, step=3).read_bytes() for i in range(5)]
+    assert len(set(files)) == 1
+    assert save_checkpoint(tmp_path / "other.safetensors", model, step=4).read_bytes() != files[0]
