@@ -62,7 +62,7 @@ def prepare(name: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = N
     out.print(f"prepare {name}: {len(manifest['episodes'])} episodes, {n} frames, "
               f"{len(manifest['failures'])} skipped -> {stage.manifest_path(p, name)}")
     for f in manifest["failures"]:
-        err.print(f"[yellow]skipped[/] {f['origin']}: {f['reason']}", highlight=False)
+        err.print(f"[yellow]skipped[/] {f['origin']}: {f['reason']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -136,7 +136,7 @@ def verify(store: Path, quiet: QuietOpt = False):
 
     problems = check(store, show_progress=not quiet)
     for problem in problems:
-        err.print(f"[bold red]{store}:[/] {problem}", highlight=False)
+        err.print(f"[bold red]{store}:[/] {problem}", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
     out.print(f"{store}: OK")

@@ -1,7 +1,6 @@
 """`dila verify` and `dila info`: check a feature store, and describe it."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from pipeline.progress import track
 # dila.* attributes every complete store carries.
 REQUIRED_ATTRS = ("plan_sha256", "dataset", "source", "encoder", "frame_stride", "episodes", "skipped",
                   "code_version", "layout", "complete")
+COMPLETE_ATTRS = ("shard_files", "files")  # written by finalize
 
 
 def verify(path: Path, show_progress: bool = False) -> list[str]:
@@ -22,17 +22,24 @@ def verify(path: Path, show_progress: bool = False) -> list[str]:
     except store.StoreError as e:
         return [str(e)]
     attrs = store.store_attrs(root)
-    problems = [f"attribute dila.{k} is missing" for k in REQUIRED_ATTRS if k not in attrs]
+    required = REQUIRED_ATTRS + (COMPLETE_ATTRS if attrs.get("complete") else ())
+    problems = [f"attribute dila.{k} is missing" for k in required if k not in attrs]
     if problems:
         return problems
+    layout = store.layout_of(attrs)
     if not attrs["complete"] or (path / store.PROGRESS).exists():
         done = len(store.done_shards(path))
-        layout = store.Layout(**{**attrs["layout"], "grid": tuple(attrs["layout"]["grid"])})
         problems.append(f"incomplete: {done}/{layout.n_shards} shards written (resume with `dila extract`)")
     names = set(_array_names(root))
     problems += [f"array {a} is missing" for a in ("tokens", "episode_ends", "stats/mean", "stats/std") if a not in names]
     if problems:
         return problems
+    damage = store.find_damage(path, deep=True)
+    fix = f"run `dila extract {attrs['dataset']}`"
+    problems += [f"damaged: {line}; {fix} to rewrite it" for line in damage.describe(layout)[:len(damage.shards)]]
+    problems += [f"damaged: {line}; {fix} to rebuild the store" for line in damage.other]
+    if damage.other:
+        return problems  # episode_ends or the stats cannot be trusted: nothing below can be checked
     tokens, ends = root["tokens"], root["episode_ends"][:]
     n, dim = tokens.shape[0], tokens.shape[-1]
     problems += _check_episodes(ends, n, attrs)
@@ -42,14 +49,12 @@ def verify(path: Path, show_progress: bool = False) -> list[str]:
         if name == "actions" or name.startswith("labels/"):
             if root[name].shape[0] != n:
                 problems.append(f"{name} has {root[name].shape[0]} rows for {n} frames")
-    problems += _check_values(root, n, dim, show_progress)
+    problems += _check_values(root, layout, set(damage.shards), show_progress)
     return problems
 
 
 def _array_names(root) -> list[str]:
-    with warnings.catch_warnings():  # zarr warns about the store's .progress folder
-        warnings.simplefilter("ignore")
-        return [name for name, node in root.members(max_depth=None) if hasattr(node, "shape")]
+    return [name for name, _ in store._arrays(root)]
 
 
 def _check_episodes(ends: np.ndarray, n: int, attrs: dict[str, Any]) -> list[str]:
@@ -63,18 +68,23 @@ def _check_episodes(ends: np.ndarray, n: int, attrs: dict[str, Any]) -> list[str
     return problems
 
 
-def _check_values(root, n: int, dim: int, show: bool) -> list[str]:
+def _check_values(root, layout: store.Layout, damaged: set[int], show: bool) -> list[str]:
+    """NaN/Inf in the tokens, shard by shard (the damaged ones are named already), and finite stats."""
     problems = []
     tokens = root["tokens"]
-    step = tokens.shards[0] if tokens.shards else tokens.chunks[0]
-    starts = range(0, n, step)
-    for start in track(starts, "verify: scanning tokens", len(starts), show):
-        block = tokens[start : start + step]
-        bad = ~np.isfinite(block)
+    todo = [k for k in range(layout.n_shards) if k not in damaged]
+    for k in track(todo, "verify: scanning tokens", len(todo), show):
+        start, stop = layout.shard_range(k)
+        try:
+            bad = ~np.isfinite(tokens[start:stop])
+        except Exception as err:  # zarr and its codecs raise several types for unreadable bytes
+            problems.append(f"damaged: shard {k} (frames [{start}, {stop})) cannot be read ({err}); "
+                            f"run `dila extract {store.store_attrs(root)['dataset']}` to rewrite it")
+            continue
         if bad.any():
-            frame = start + int(np.argwhere(bad)[0][0])
-            problems.append(f"tokens contain NaN/Inf (first at frame {frame})")
+            problems.append(f"tokens contain NaN/Inf (first at frame {start + int(np.argwhere(bad)[0][0])})")
             break
+    dim = layout.dim
     for stat in ("mean", "std"):
         values = root[f"stats/{stat}"][:]
         if values.shape != (dim,) or not np.all(np.isfinite(values)):
@@ -84,8 +94,18 @@ def _check_values(root, n: int, dim: int, show: bool) -> list[str]:
     return problems
 
 
-def _disk_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _token_bytes(path: Path, root, attrs: dict[str, Any]) -> str:
+    """Stored and raw bytes per frame over the shards written (all of them once the store is complete)."""
+    layout = store.layout_of(attrs)
+    shards = range(layout.n_shards) if attrs.get("complete") else sorted(store.done_shards(path))
+    frames = sum(stop - start for start, stop in map(layout.shard_range, shards))
+    if frames == 0:
+        return "n/a (no shard written yet)"
+    files = [path / rel for k in shards for rel in store.shard_files(root, k) if rel.startswith("tokens/")]
+    stored = sum(f.stat().st_size for f in files if f.is_file())
+    raw = frames * layout.grid[0] * layout.grid[1] * layout.dim * 2
+    text = f"{stored / frames:.0f} / {raw / frames:.0f} (ratio {raw / max(stored, 1):.2f}x)"
+    return text if attrs.get("complete") else f"{text} over the {frames} frames written so far"
 
 
 def info(path: Path) -> dict[str, Any]:
@@ -93,8 +113,6 @@ def info(path: Path) -> dict[str, Any]:
     root = store.open_store(path)
     attrs = store.store_attrs(root)
     tokens = root["tokens"]
-    raw = int(np.prod(tokens.shape)) * 2
-    stored = _disk_bytes(path / "tokens")
     n = tokens.shape[0]
     return {
         "path": str(path),
@@ -105,8 +123,7 @@ def info(path: Path) -> dict[str, Any]:
         "skipped episodes": len(attrs.get("skipped", [])),
         "tokens": f"{tuple(tokens.shape)} {tokens.dtype}",
         "chunk / shard frames": f"{tokens.chunks[0]} / {tokens.shards[0] if tokens.shards else '-'}",
-        "token bytes per frame (stored / raw float16)": f"{stored / max(n, 1):.0f} / {raw / max(n, 1):.0f} "
-        f"(ratio {raw / max(stored, 1):.2f}x)",
+        "token bytes per frame (stored / raw float16)": _token_bytes(path, root, attrs),
         "actions": str(tuple(root["actions"].shape)) if "actions" in root else "none",
         "labels": ", ".join(k for k in _array_names(root) if k.startswith("labels/")) or "none",
         "encoder": attrs.get("encoder", {}).get("model"),

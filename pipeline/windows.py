@@ -14,6 +14,12 @@ returns item i as
 The tokens array is opened lazily inside each DataLoader worker (`worker_init` drops any
 handle a fork copied); actions and labels (small) are read into memory once.
 
+A damaged store stops with a StoreError that names the shard and the fix, raised in the
+main process: `Windows` refuses a store whose files have other sizes than were written
+(`store.require_intact`, no file read), and a window whose tokens cannot be read is
+handed from the worker to the main process as a message (`loader` raises it there), so
+the error is never a worker's traceback.
+
 `StepBatches` yields the batches of global steps start..stop-1; the windows of step k
 are a function of (seed, k) only: step k takes positions k*B .. k*B + B - 1 of an
 endless sequence of seeded permutations (one per epoch over the windows). So a run
@@ -28,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from pipeline import store
 from pipeline.split import episode_bounds
@@ -57,6 +63,7 @@ class Windows(Dataset):
         attrs = store.store_attrs(root)
         if not attrs.get("complete"):
             raise store.StoreError(f"{self.path}: the feature store is incomplete (run `dila extract` to finish it)")
+        store.require_intact(self.path)
         self.bounds = episode_bounds(root["episode_ends"][:])                    # (E, 2)
         self.mean = torch.from_numpy(root["stats/mean"][:].astype(np.float32))   # (D,)
         self.std = torch.from_numpy(root["stats/std"][:].astype(np.float32))     # (D,)
@@ -85,7 +92,13 @@ class Windows(Dataset):
             self._tokens = store.open_store(self.path)["tokens"]
         first, episode = (int(v) for v in self.windows[i])
         frames = slice(first, first + (self.seq_len - 1) * self.frame_skip + 1, self.frame_skip)
-        raw = self._tokens[frames.start:frames.stop][::self.frame_skip]                        # (T, h, w, D)
+        try:
+            raw = self._tokens[frames.start:frames.stop][::self.frame_skip]                    # (T, h, w, D)
+        except Exception as err:  # zarr and its codecs raise several types for unreadable bytes
+            message = self._unreadable(frames, err)
+            if get_worker_info() is None:
+                raise store.StoreError(message) from err
+            return {DAMAGED: message}
         e = (torch.from_numpy(raw.astype(np.float32)) - self.mean) / (self.std + EPS)
         item: dict[str, Any] = {"e": e, "frame": first, "episode": episode}
         if self.actions is not None:
@@ -93,6 +106,15 @@ class Windows(Dataset):
         if self.labels:
             item["labels"] = {name: torch.from_numpy(v[frames]) for name, v in self.labels.items()}
         return item
+
+
+    def _unreadable(self, frames: slice, err: Exception) -> str:
+        layout = store.layout_of(self.attrs)
+        shards = sorted({f // layout.shard_frames for f in (frames.start, frames.stop - 1)})
+        ranges = " and ".join(f"shard {k} (frames [{a}, {b}))" for k in shards for a, b in [layout.shard_range(k)])
+        return (f"{self.path}: frames [{frames.start}, {frames.stop}) cannot be read from {ranges}: {err}; the store "
+                f"is damaged: `dila verify {self.path}` names every damaged shard and "
+                f"`dila extract {self.attrs['dataset']}` rewrites them")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -161,12 +183,29 @@ def worker_init(_: int) -> None:
         info.dataset.close()
 
 
+DAMAGED = "damaged"  # the key of the item a worker returns for a window it cannot read
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return next((item for item in items if DAMAGED in item), None) or default_collate(items)
+
+
+class _Loader(DataLoader):
+    """A DataLoader that raises, in the process iterating it, the StoreError of a damaged window."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if DAMAGED in batch:
+                raise store.StoreError(batch[DAMAGED])
+            yield batch
+
+
 def loader(windows: Windows, batches: Sampler[list[int]], workers: int, device: torch.device) -> DataLoader:
     """Batches of `windows` in the order `batches` gives, read by `workers` processes
     (0 = in this process) with prefetching, pinned on CUDA. The loader draws its worker seeds from
     its own generator, never from the global RNG the model's noise comes from (so when a loader
     is made, e.g. at a resume, does not change the training run)."""
-    return DataLoader(windows, batch_sampler=batches, num_workers=workers,
-                      prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda",
-                      worker_init_fn=worker_init, persistent_workers=False,
-                      generator=torch.Generator().manual_seed(0))
+    return _Loader(windows, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+                   prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda",
+                   worker_init_fn=worker_init, persistent_workers=False,
+                   generator=torch.Generator().manual_seed(0))

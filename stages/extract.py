@@ -92,19 +92,42 @@ def _plan(params: Params, name: str, manifest: dict[str, Any], record: EncoderRe
     }
 
 
+def _resume(path: Path, digest: str, layout: store.Layout) -> str | None:
+    """Make a store of this plan ready to be finished: stale temp files go, and shards whose files are
+    damaged (missing, cut short, changed: see store.find_damage) are written again. Returns what
+    happens, for the log, or None when the store must be rebuilt (another plan, unreadable, or its
+    episode_ends or stats damaged)."""
+    try:
+        attrs = store.store_attrs(store.open_store(path))
+        if attrs.get("plan_sha256") != digest:
+            return None
+        removed = store.remove_partials(path)
+        damage = store.find_damage(path)
+    except store.StoreError:
+        return None
+    if damage.other:
+        return None
+    n, complete = layout.n_shards, attrs.get("complete")
+    if damage.shards:
+        store.reopen_shards(path, layout, set(damage.shards))
+    if complete and not damage.shards:
+        return f"complete: all {n} shards were already written; nothing to do"
+    damaged = "".join(f"\n  damaged, rewriting: {line}" for line in damage.describe(layout))
+    if complete:
+        return f"complete, but {len(damage.shards)} of its {n} shards are damaged; rewriting exactly those:{damaged}"
+    done = len(store.done_shards(path))
+    temp = f" ({removed} stale temp files removed)" if removed else ""
+    return f"resuming: {done} of {n} shards were written{temp}; writing the other {n - done}{damaged}"
+
+
 def _open_or_create(path: Path, plan: dict[str, Any], manifest: dict[str, Any], layout: store.Layout,
                     params: Params, record: EncoderRecord) -> str:
-    """Resume a compatible store, or create a fresh one. Returns what was done, for the log."""
+    """Resume (or repair) a compatible store, or create a fresh one. Returns what was done, for the log."""
     digest = store.plan_hash(plan)
-    if path.exists():
-        try:
-            attrs = store.store_attrs(store.open_store(path))
-        except store.StoreError:
-            attrs = {}
-        if attrs.get("plan_sha256") == digest:
-            removed = store.remove_partials(path)
-            state = "complete" if attrs.get("complete") else "resuming"
-            return f"{state}: {len(store.done_shards(path))}/{layout.n_shards} shards done, {removed} stale temp files removed"
+    existed = path.exists()
+    resumed = _resume(path, digest, layout) if existed else None
+    if resumed is not None:
+        return resumed
     schema = manifest["schema"]
     ends = np.cumsum([e["frames"] for e in manifest["episodes"]]).astype(np.int64)
     attrs = {
@@ -119,6 +142,9 @@ def _open_or_create(path: Path, plan: dict[str, Any], manifest: dict[str, Any], 
     }
     labels = {k: (tuple(v["shape"]), v["dtype"]) for k, v in schema["labels"].items()}
     store.create_store(path, layout, ends, schema["action_dim"], labels, params.store, attrs)
+    if existed:
+        return ("rebuilt from scratch: the store there was made under another plan (params, source, encoder or "
+                "code), or is unreadable, or its episode_ends or stats are damaged")
     return "created"
 
 

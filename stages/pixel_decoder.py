@@ -140,6 +140,7 @@ def load_pairs(params: Params, name: str, show: bool = False) -> tuple[Pairs, np
     ends = root["episode_ends"][:]
     manifest = read_manifest(params, name)
     _check_store(params, name, attrs, ends, manifest)
+    store.require_intact(store_path(params, name))  # a damaged shard: a clear error now, not a failed read later
     frames = read_frames(params, name, manifest, attrs, params.pixel_decoder.size, show)
     stats = [torch.from_numpy(root[f"stats/{s}"][:].astype(np.float32)) for s in ("mean", "std")]
     return Pairs(TokenRows(root["tokens"]), frames, *stats), ends, attrs

@@ -5,6 +5,7 @@ import zarr
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from tests.conftest import TINY_STAGE_TWO
 from tests.stages.helpers import write_params
 
 runner = CliRunner()
@@ -54,6 +55,29 @@ def test_verify_exits_1_naming_the_problem(tmp_path):
     store = tmp_path / "features" / "synthetic.zarr"
     zarr.open_group(store, mode="r+")["episode_ends"][-1] = 59
     result = runner.invoke(app, ["verify", str(store)])
-    assert result.exit_code == 1 and "must end at the frame count 60" in result.output
+    assert result.exit_code == 1
+    assert "damaged: episode_ends/c/0 has changed since it was written (sha256); run `dila extract synthetic` to " \
+           "rebuild the store" in result.output
     result = runner.invoke(app, ["info", str(tmp_path / "nothing.zarr")])
     assert result.exit_code == 1 and "no feature store here" in result.output
+
+
+def test_a_cut_short_shard_is_named_by_verify_stops_train_and_extract_rewrites_it(tmp_path):
+    params = str(write_params(tmp_path, *TINY_STAGE_TWO))
+    invoke("prepare", "synthetic", "--params", params, "-q")
+    invoke("extract", "synthetic", "--params", params, "-q")
+    store = tmp_path / "features" / "synthetic.zarr"
+    shard = store / "tokens" / "c" / "1" / "0" / "0" / "0"
+    written = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:1000])
+    damaged = f"shard 1 (frames [18, 36)): tokens/c/1/0/0/0 has 1000 bytes, {written} were written"
+    result = runner.invoke(app, ["verify", str(store), "-q"])
+    assert result.exit_code == 1 and f"damaged: {damaged}; run `dila extract synthetic` to rewrite it" in result.output
+    result = runner.invoke(app, ["train", "dila", "--params", params, "-q"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"the feature store is damaged: {damaged} run `dila extract synthetic` to rewrite what is damaged" \
+        in " ".join(result.output.split())
+    result = invoke("extract", "synthetic", "--params", params, "-q")
+    assert result.exit_code == 0 and f"rewriting exactly those: damaged, rewriting: {damaged}" in \
+        " ".join(result.output.split())
+    assert invoke("verify", str(store)).exit_code == 0

@@ -114,3 +114,41 @@ def test_unusable_stores_and_windows_are_clear_errors(tiny_store, tmp_path):
             Windows(tiny_store, np.arange(6), 2, 1)
     finally:
         root.attrs["dila"] = attrs
+
+
+def damaged_store(tmp_path):
+    """A fresh tiny store (4 shards of 18, 18, 18, 6 frames) and the file of its tokens shard 1."""
+    params = make_params(tmp_path)
+    prepare.run(params, "synthetic", show_progress=False)
+    path = extract.run(params, "synthetic", show_progress=False)
+    return path, path / "tokens" / "c" / "1" / "0" / "0" / "0"
+
+
+def test_a_cut_short_shard_stops_windows_naming_it_and_the_fix(tmp_path):
+    path, shard = damaged_store(tmp_path)
+    written = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(store.StoreError) as err:
+        Windows(path, np.arange(6), 4, 1)
+    assert str(err.value) == (f"{path}: the feature store is damaged:\n  shard 1 (frames [18, 36)): tokens/c/1/0/0/0 "
+                              f"has 1000 bytes, {written} were written\nrun `dila extract synthetic` to rewrite what "
+                              "is damaged")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_unreadable_window_is_a_store_error_in_this_process(tmp_path, workers):
+    path, shard = damaged_store(tmp_path)
+    damaged = bytearray(shard.read_bytes())
+    damaged[-1] ^= 0xFF  # the shard index checksum: the size is unchanged, so only reading finds it
+    shard.write_bytes(bytes(damaged))
+    windows = Windows(path, np.array([2]), seq_len=4, frame_skip=1)  # episode 2: frames 20..29, in shard 1
+    assert len(windows) == 7
+    batches = loader(windows, StepBatches(len(windows), 2, seed=0, start=0, stop=3), workers, torch.device("cpu"))
+    with pytest.raises(store.StoreError) as err:
+        next(iter(batches))
+    message = str(err.value)
+    assert message.startswith(f"{path}: frames [")
+    assert "cannot be read from shard 1 (frames [18, 36)): " in message and "checksum" in message
+    assert message.endswith(f"the store is damaged: `dila verify {path}` names every damaged shard and "
+                            "`dila extract synthetic` rewrites them")
+    assert "Traceback" not in message and "DataLoader worker" not in message

@@ -146,3 +146,50 @@ def test_episode_ref_from_manifest_is_what_sources_return(tiny):
     manifest = prepare.run(tiny, "synthetic", show_progress=False)
     refs = build_source(tiny.dataset("synthetic")).refs()
     assert [EpisodeRef(e["key"], e["origin"]) for e in manifest["episodes"]] == refs
+
+
+def store_bytes(path) -> dict[str, bytes]:
+    """Every file of a store, by its path in the store."""
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_damaged_shards_are_named_and_exactly_those_rewritten(tmp_path, capsys):
+    clean = run_both(make_params(tmp_path / "clean"))
+    params = make_params(tmp_path / "damaged")
+    path = run_both(params)
+    assert store_bytes(path) == store_bytes(clean)  # two runs write the same bytes
+    shard = path / "tokens" / "c" / "1" / "0" / "0" / "0"
+    written = len(shard.read_bytes())
+    shard.write_bytes(shard.read_bytes()[: written // 2])  # cut short
+    (path / "actions" / "c" / "3" / "0").unlink()  # gone: zarr would read zeros in its place
+    assert verify(path) == [
+        f"damaged: shard 1 (frames [18, 36)): tokens/c/1/0/0/0 has {written // 2} bytes, {written} were written; "
+        "run `dila extract synthetic` to rewrite it",
+        "damaged: shard 3 (frames [54, 60)): actions/c/3/0 is missing; run `dila extract synthetic` to rewrite it"]
+    before = shard_mtimes(path)
+    capsys.readouterr()
+    extract.run(params, "synthetic", show_progress=False)
+    assert capsys.readouterr().out == (
+        f"extract synthetic: {path} complete, but 2 of its 4 shards are damaged; rewriting exactly those:\n"
+        f"  damaged, rewriting: shard 1 (frames [18, 36)): tokens/c/1/0/0/0 has {written // 2} bytes, {written} were "
+        "written\n  damaged, rewriting: shard 3 (frames [54, 60)): actions/c/3/0 is missing\n")
+    after = shard_mtimes(path)
+    assert sorted(k for k in before if after[k] != before[k]) == ["1/0/0/0", "3/0/0/0"]
+    assert store_bytes(path) == store_bytes(clean) and verify(path) == []
+    extract.run(params, "synthetic", show_progress=False)
+    assert capsys.readouterr().out.endswith("complete: all 4 shards were already written; nothing to do\n")
+
+
+def test_damaged_stats_rebuild_the_store(tmp_path, capsys):
+    clean = run_both(make_params(tmp_path / "clean"))
+    params = make_params(tmp_path / "damaged")
+    path = run_both(params)
+    std = path / "stats" / "std" / "c" / "0"
+    written = std.stat().st_size
+    std.write_bytes(b"")
+    assert verify(path) == [f"damaged: stats/std/c/0 has 0 bytes, {written} were written; run `dila extract "
+                            "synthetic` to rebuild the store"]
+    capsys.readouterr()
+    extract.run(params, "synthetic", show_progress=False)
+    assert "rebuilt from scratch" in capsys.readouterr().out
+    assert store_bytes(path) == store_bytes(clean)
