@@ -13,15 +13,23 @@ presentation time `t` satisfies `start_s - h <= t < stop_s - h`, with `h` half a
 frame interval, so rounded timestamps still fall on the intended side.
 
 Every problem with a file (missing, 0 bytes, unreadable, corrupt, truncated, no
-frames, a header frame count that disagrees with what decodes) raises
-`EpisodeError(origin=str(path), reason=...)`.
+frames, a header frame count that disagrees with what decodes, frames of changing
+size) raises `EpisodeError(origin=str(path), reason=...)`.
+
+decord's native code logs its complaints ("ERROR opening: ...") straight to file
+descriptor 2, past Python and its log level; every decord call runs with that
+descriptor redirected (`_native_stderr`), and what it wrote becomes part of the
+reason when the call fails, so it reaches the failures report and never the terminal.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,12 +126,44 @@ def _decord():
     return module
 
 
+@contextlib.contextmanager
+def _native_stderr(lines: list[str]) -> Iterator[None]:
+    """Collect into `lines` what native code writes to file descriptor 2 while the block runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            lines.extend(_NATIVE_PREFIX.sub("", ln).strip() for ln in text.splitlines() if ln.strip())
+
+
+class _DecordFailed(RuntimeError):
+    """A decord call failed; the message is what decord logged natively, else its exception's text."""
+
+
+@contextlib.contextmanager
+def _decord_call() -> Iterator[None]:
+    native: list[str] = []
+    try:
+        with _native_stderr(native):
+            yield
+    except Exception as err:  # DECORDError, RuntimeError, IndexError from the native side
+        raise _DecordFailed("; ".join(native) or _first_line(err)) from err
+
+
 def _decord_reader(path: Path):
-    """A decord VideoReader; decord's own exceptions pass through."""
+    """A decord VideoReader; a failure is a _DecordFailed naming decord's reason."""
     decord = _decord()
     if decord is None:
         raise SourceError("decoder 'decord' was requested but the decord package cannot be imported")
-    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    with _decord_call():
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
 
 
 def _decord_open(path: Path):
@@ -256,26 +296,34 @@ def _pyav_decode(path: Path, pick: _Pick, window: TimeWindow | None, through: bo
 def _decord_decode(path: Path, pick: _Pick, window: TimeWindow | None, through: bool):
     reader = _decord_open(path)
     try:
-        n_all = len(reader)
-        order = np.arange(n_all)
-        if window is not None and n_all:
-            times = reader.get_frame_timestamp(order)[:, 0]
-            half = _half_frame(reader.get_avg_fps())
-            order = order[(times >= window.start_s - half) & (times < window.stop_s - half)]
-        wanted = pick.within(len(order))
-        todo = list(range(len(order))) if through else wanted
-        wanted_set = set(wanted)
-        picked: dict[int, np.ndarray] = {}
-        for b in range(0, len(todo), _BATCH):
-            batch = todo[b : b + _BATCH]
-            arr = reader.get_batch(order[batch].tolist()).asnumpy()
-            picked.update((i, arr[k]) for k, i in enumerate(batch) if i in wanted_set)
-        shape = reader[0].shape[:2] if n_all and not picked else None
-    except Exception as err:  # DECORDError, RuntimeError, IndexError from the native side
-        raise EpisodeError(str(path), f"corrupt or truncated video (decord): {_first_line(err)}") from err
+        with _decord_call():
+            picked, n_order, shape = _decord_frames(reader, pick, window, through)
+    except _DecordFailed as err:
+        raise EpisodeError(str(path), f"corrupt or truncated video (decord): {err}") from err
     if shape is None:
         shape = next(iter(picked.values())).shape[:2] if picked else (0, 0)
-    return picked, (len(order) if through else None), shape
+    return picked, (n_order if through else None), shape
+
+
+def _decord_frames(reader, pick: _Pick, window: TimeWindow | None, through: bool):
+    """The picked frames of the file (or window), the number of frames in it, and the frame size when
+    no frame was picked (None otherwise)."""
+    n_all = len(reader)
+    order = np.arange(n_all)
+    if window is not None and n_all:
+        times = reader.get_frame_timestamp(order)[:, 0]
+        half = _half_frame(reader.get_avg_fps())
+        order = order[(times >= window.start_s - half) & (times < window.stop_s - half)]
+    wanted = pick.within(len(order))
+    todo = list(range(len(order))) if through else wanted
+    wanted_set = set(wanted)
+    picked: dict[int, np.ndarray] = {}
+    for b in range(0, len(todo), _BATCH):
+        batch = todo[b : b + _BATCH]
+        arr = reader.get_batch(order[batch].tolist()).asnumpy()
+        picked.update((i, arr[k]) for k, i in enumerate(batch) if i in wanted_set)
+    shape = reader[0].shape[:2] if n_all and not picked else None
+    return picked, len(order), shape
 
 
 def decode(
@@ -301,6 +349,10 @@ def decode(
     picked, total, (height, width) = run(path, pick, window, through)
     if through and window is None:
         _check_total(path, total)
+    sizes = sorted({frame.shape[:2] for frame in picked.values()})
+    if len(sizes) > 1:
+        shown = ", ".join(f"{h}x{w}" for h, w in sizes)
+        raise EpisodeError(str(path), f"the frame size changes inside the video ({shown}, height x width)")
     if picked:
         out = np.stack([picked[i] for i in sorted(picked)])
     else:

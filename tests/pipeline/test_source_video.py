@@ -164,3 +164,35 @@ def test_truncated_file_reads_its_intact_head(tmp_path, decoder):
     assert_colors(head.frames, range(6))
     with pytest.raises(EpisodeError, match="frame 15 was requested"):
         video.read_frames(path, [15], decoder=decoder)
+
+
+@pytest.mark.parametrize("decoder", ["auto", *DECODERS])
+def test_decord_logs_nothing_to_stderr(tmp_path, decoder, capfd):
+    for name, (path, reason) in _failures(tmp_path).items():
+        with pytest.raises(EpisodeError, match=reason):
+            video.count_frames(path, decoder)
+    assert capfd.readouterr().err == ""  # decord writes "ERROR opening: ..." to fd 2 for the corrupt file
+
+
+def test_what_decord_logs_is_its_reason(tmp_path, monkeypatch):
+    corrupt = write_corrupt_video(tmp_path / "corrupt.mp4")
+    with pytest.raises(RuntimeError) as err:  # decord's own exception says only "Error reading <path>..."
+        video._decord_reader(corrupt)
+    assert str(err.value) == f"ERROR opening: {corrupt}, Invalid data found when processing input"
+    # Where PyAV reads a file decord cannot, decord's complaint is the reason (PyAV is made to succeed here).
+    monkeypatch.setattr(video, "_pyav_decode", lambda *args, **kwargs: ({}, 20, (32, 32)))
+    monkeypatch.setattr(video, "_check_total", lambda path, total: None)
+    with pytest.raises(EpisodeError) as err:
+        video.decode(corrupt, decoder="decord")
+    assert err.value.reason == (f"decord cannot read this file (ERROR opening: {corrupt}, Invalid data found when "
+                                "processing input); PyAV can: use decoder 'auto' or 'pyav'")
+
+
+def test_a_frame_size_change_inside_a_video_is_its_reason(tmp_path):
+    parts = [write_video(tmp_path / "a.ts", color_frames(4, (32, 32)), codec="libx264"),
+             write_video(tmp_path / "b.ts", color_frames(3, (48, 64)), codec="libx264")]
+    joined = tmp_path / "joined.ts"  # MPEG-TS streams concatenate byte for byte
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    with pytest.raises(EpisodeError) as err:
+        video.decode(joined, decoder="pyav")
+    assert err.value.reason == "the frame size changes inside the video (32x32, 48x64, height x width)"
