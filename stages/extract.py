@@ -114,7 +114,8 @@ def _resume(path: Path, digest: str, layout: store.Layout) -> str | None:
         return f"complete: all {n} shards were already written; nothing to do"
     damaged = "".join(f"\n  damaged, rewriting: {line}" for line in damage.describe(layout))
     if complete:
-        return f"complete, but {len(damage.shards)} of its {n} shards are damaged; rewriting exactly those:{damaged}"
+        verb = "is" if len(damage.shards) == 1 else "are"
+        return f"complete, but {len(damage.shards)} of its {n} shards {verb} damaged; rewriting exactly those:{damaged}"
     done = len(store.done_shards(path))
     temp = f" ({removed} stale temp files removed)" if removed else ""
     return f"resuming: {done} of {n} shards were written{temp}; writing the other {n - done}{damaged}"

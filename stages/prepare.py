@@ -7,6 +7,12 @@ The manifest is a pure function of the source and its params (no timestamps, no
 code version), so a fresh clone that re-runs prepare gets the same bytes and DVC
 does not re-run extraction.
 With `strict: true` the first bad episode stops the stage.
+
+Params that name something the data lacks (a LeRobot camera, action key or label)
+stop the stage before any episode is read (`Source.check_params`). With `resize: null`
+every episode must decode at one size (the encoder's batches mix episodes), else the
+stage stops asking for `resize`. When no episode can be read, the manifest is still
+written, listing every episode with its reason, and the stage stops with that list.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import to_dict
+from pipeline.config import ParamsError, to_dict
 from pipeline.params import Params
 from pipeline.progress import track
 from pipeline.sources import DatasetParams, EpisodeError, EpisodeRef, SourceError, build_source
@@ -28,13 +34,20 @@ def manifest_path(params: Params, name: str) -> Path:
     return Path(params.paths.prepared) / f"{name}.json"
 
 
-def _count(args: tuple[DatasetParams, EpisodeRef]) -> tuple[int | None, str | None]:
+SHOWN_FAILURES = 20  # reasons listed in the error when no episode can be read (the manifest lists all)
+
+
+def _count(args: tuple[DatasetParams, EpisodeRef]) -> tuple[int | None, tuple[int, int] | None, str | None]:
+    """(kept frames, frame size or None where `resize` sets it, None), or (None, None, reason)."""
     ds, ref = args
+    source = build_source(ds)
     try:
-        n = build_source(ds).count(ref)
+        n = source.count(ref)
+        if n < 1:
+            return None, None, "no frames left after frame_stride/max_frames"
+        return n, (None if ds.resize is not None else source.frame_size(ref)), None
     except EpisodeError as e:
-        return None, e.reason
-    return (n, None) if n >= 1 else (None, "no frames left after frame_stride/max_frames")
+        return None, None, e.reason
 
 
 def _count_all(ds: DatasetParams, refs: list[EpisodeRef], workers: int, show: bool):
@@ -46,21 +59,41 @@ def _count_all(ds: DatasetParams, refs: list[EpisodeRef], workers: int, show: bo
         yield from track(pool.map(_count, jobs, chunksize=4), "prepare: checking episodes", len(jobs), show)
 
 
+def _check_sizes(name: str, sizes: dict[tuple[int, int], list[str]]) -> None:
+    """With resize: null, all kept episodes must decode at one size. sizes: size -> origins, in order."""
+    if len(sizes) <= 1:
+        return
+    groups = ", ".join(f"{h}x{w} ({len(o)} episode{'s' * (len(o) > 1)}, e.g. {o[0]})" for (h, w), o in sizes.items())
+    h, w = next(iter(sizes))
+    raise ParamsError(f"params: datasets.{name}.resize = None is not allowed for this dataset: its episodes decode "
+                      f"at {len(sizes)} sizes (height x width: {groups}); set datasets.{name}.resize to one "
+                      f"[height, width], e.g. [{h}, {w}] (the first episode's), and every frame is resized to it")
+
+
+def _no_episodes(name: str, ds: DatasetParams, failures: list[dict[str, str]], path: Path) -> SourceError:
+    lines = [f"\n  {f['origin']}: {f['reason']}" for f in failures[:SHOWN_FAILURES]]
+    more = f"\n  ... and {len(failures) - SHOWN_FAILURES} more" if len(failures) > SHOWN_FAILURES else ""
+    return SourceError(f"dataset {name!r} ({ds.path}): none of its {len(failures)} episodes could be read; each is "
+                       f"listed with its reason in {path}:{''.join(lines)}{more}")
+
+
 def run(params: Params, name: str, show_progress: bool = True) -> dict[str, Any]:
     """Check every episode of dataset `name`; write and return its manifest."""
     ds = params.dataset(name)
     source = build_source(ds)
+    source.check_params(f"datasets.{name}")
     refs = source.refs()
-    episodes, failures = [], []
-    for ref, (n, reason) in zip(refs, _count_all(ds, refs, params.decode.workers, show_progress)):
+    episodes, failures, sizes = [], [], {}
+    results = _count_all(ds, refs, params.decode.workers, show_progress)
+    for ref, (n, size, reason) in zip(refs, results, strict=True):  # strict: the bar's last step is drawn
         if reason is not None:
             if ds.strict:
                 raise EpisodeError(ref.origin, reason)
             failures.append({"key": ref.key, "origin": ref.origin, "reason": reason})
         else:
             episodes.append({"key": ref.key, "origin": ref.origin, "frames": n})
-    if not episodes:
-        raise SourceError(f"dataset {name!r} ({ds.path}): none of its {len(refs)} episodes could be read")
+            sizes.setdefault(size, []).append(ref.origin)
+    _check_sizes(name, {k: v for k, v in sizes.items() if k is not None})
     schema = source.schema()
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -78,6 +111,8 @@ def run(params: Params, name: str, show_progress: bool = True) -> dict[str, Any]
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, path)
+    if not episodes:
+        raise _no_episodes(name, ds, failures, path)
     return manifest
 
 
@@ -93,4 +128,7 @@ def read_manifest(params: Params, name: str) -> dict[str, Any]:
         raise SourceError(
             f"{path}: written for other settings of datasets.{name}; run `dila prepare {name}` again"
         )
+    if not manifest["episodes"]:
+        raise SourceError(f"{path}: none of the episodes of dataset {name!r} could be read (the manifest lists each "
+                          f"with its reason); fix the data or datasets.{name} and run `dila prepare {name}` again")
     return manifest

@@ -157,6 +157,14 @@ class Source(abc.ABC):
         """
         return len(self.load(ref).frames)
 
+    def frame_size(self, ref: EpisodeRef) -> tuple[int, int]:
+        """(height, width) of the episode's frames as `load` returns them (read from its first frame)."""
+        return tuple(int(n) for n in self.load(ref, 0, 1).frames.shape[1:3])
+
+    def check_params(self, where: str) -> None:
+        """Raise ParamsError (naming `where`.key) for a param that names something the data does not
+        have, before any episode is read. Sources whose params name nothing in the data keep this."""
+
 
 def kept_indices(n_raw: int, params: DatasetParams) -> np.ndarray:
     """Raw frame indices kept by `frame_stride` and `max_frames` from an episode of n_raw frames."""

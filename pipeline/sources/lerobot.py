@@ -11,7 +11,18 @@ holds one row per episode: `length`, `data/chunk_index`, `data/file_index`,
 `dataset_from_index`, `dataset_to_index`, and per camera
 `videos/<camera>/{chunk_index,file_index,from_timestamp,to_timestamp}`. An
 episode's frames are the frames of its camera file whose presentation times lie in
-[from_timestamp, to_timestamp).
+[from_timestamp, to_timestamp). Some published datasets store to_timestamp as the time
+of the episode's last frame instead. An episode whose window spans `length - 1` frame
+intervals (not `length`), and at whose to_timestamp no other episode of its video
+starts, is read as such: its window ends one interval later, so it holds its `length`
+frames. Where another episode starts at that time, the bounds are exclusive and the
+episode lacks a frame. The decoded count is checked against the rows either way, so a
+video that lacks a frame is a mismatch, never frames paired with the wrong rows.
+
+`data_path` and `video_path` override the templates of info.json (published
+templates do not always match the folders). `check_params` catches, once and before
+any episode is read, a camera, action key or label the dataset does not have and a
+template that matches no file, naming the key and what the dataset has.
 
 Actions and labels are the episode's parquet rows ordered by `frame_index`, which
 must run 0..n-1; row i goes with the i-th decoded frame, and the number of decoded
@@ -19,6 +30,7 @@ frames must equal the number of rows ("frame-count mismatch" otherwise).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -47,6 +59,7 @@ from pipeline.sources.base import (
     kept_raw,
     raw_slice,
 )
+from pipeline.sources import lerobot_check
 from pipeline.sources.video import TimeWindow, decode
 
 V2_VERSIONS = ("v2.0", "v2.1")
@@ -59,16 +72,22 @@ class LeRobotParams(DatasetParams):
     action_key: the feature holding actions, or null for none.
     labels: features stored as per-frame labels under their own names.
     decoder: "auto" (decord, PyAV where decord cannot read a file), "decord" or "pyav".
+    data_path, video_path: templates that replace info.json's (null: info.json's), with
+        the same fields, e.g. "video/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4".
     """
 
     camera: str | None = None
     action_key: str | None = "action"
     labels: tuple[str, ...] = ("observation.state",)
     decoder: Literal["auto", "decord", "pyav"] = "auto"
+    data_path: str | None = None
+    video_path: str | None = None
 
     def validate(self, where: str) -> None:
         super().validate(where)
         check(self.kind == "lerobot", f"{where}.kind", self.kind, "'lerobot'")
+        for key in ("data_path", "video_path"):
+            check(getattr(self, key) != "", f"{where}.{key}", getattr(self, key), "null or a path template")
         check(len(set(self.labels)) == len(self.labels), f"{where}.labels", self.labels, "distinct feature names")
         check(self.action_key not in self.labels, f"{where}.labels", self.labels, "features other than action_key")
 
@@ -151,11 +170,16 @@ class LeRobotSource(Source):
         return {f"episode_{e.index:06d}": e for e in sorted(listed, key=lambda e: e.index)}
 
     def _template(self, key: str, **fields) -> Path:
+        template = getattr(self.params, key) or self.info[key]
         try:
-            return self.root / self.info[key].format(**fields)
+            return self.root / template.format(**fields)
         except (KeyError, IndexError, ValueError) as err:
-            where = self.root / "meta" / "info.json"
-            raise SourceError(f"{where}: cannot fill {key} {self.info[key]!r} ({err})") from err
+            raise SourceError(f"{self.template_origin(key)}: cannot fill {key} {template!r} with the fields "
+                              f"{sorted(fields)} ({err!r})") from err
+
+    def template_origin(self, key: str) -> str:
+        """Where the template `key` comes from, for messages."""
+        return f"the {key} param" if getattr(self.params, key) else str(self.root / "meta" / "info.json")
 
     def _episodes_v2(self) -> list[_EpisodeFiles]:
         path = self.root / "meta" / "episodes.jsonl"
@@ -183,7 +207,7 @@ class LeRobotSource(Source):
         cam = f"videos/{self.camera}"
         columns = ["episode_index", "length", "data/chunk_index", "data/file_index", f"{cam}/chunk_index",
                    f"{cam}/file_index", f"{cam}/from_timestamp", f"{cam}/to_timestamp"]
-        out = []
+        found = []
         for f in files:
             names = pq.read_schema(f).names
             missing = [c for c in columns if c not in names]
@@ -194,8 +218,32 @@ class LeRobotSource(Source):
                 video = self._template("video_path", video_key=self.camera, chunk_index=r[f"{cam}/chunk_index"],
                                        file_index=r[f"{cam}/file_index"])
                 window = TimeWindow(float(r[f"{cam}/from_timestamp"]), float(r[f"{cam}/to_timestamp"]))
-                out.append(_EpisodeFiles(int(r["episode_index"]), int(r["length"]), data, video, window))
+                found.append(_EpisodeFiles(int(r["episode_index"]), int(r["length"]), data, video, window))
+        return [dataclasses.replace(ep, window=w) for ep, w in zip(found, self._windows(found), strict=True)]
+
+    def _windows(self, found: list[_EpisodeFiles]) -> list[TimeWindow]:
+        """Each episode's window, with a to_timestamp that is the time of the episode's last frame moved one
+        frame interval on: the window spans length - 1 intervals and no other episode of its video starts
+        at its to_timestamp (where one does, the bounds are exclusive and this episode lacks a frame)."""
+        fps = self.info["features"][self.camera].get("info", {}).get("video.fps") or self.info.get("fps")
+        if not fps:
+            return [ep.window for ep in found]
+        step = 1.0 / float(fps)
+        starts: dict[Path, list[tuple[float, int]]] = {}
+        for i, ep in enumerate(found):
+            starts.setdefault(ep.video, []).append((ep.window.start_s, i))
+        out = []
+        for i, ep in enumerate(found):
+            w = ep.window
+            last_frame = abs((w.stop_s - w.start_s) / step - (ep.length - 1)) < 0.5
+            touching = any(abs(t - w.stop_s) < step / 2 for t, j in starts[ep.video] if j != i)
+            out.append(TimeWindow(w.start_s, w.stop_s + step) if last_frame and not touching else w)
         return out
+
+    def check_params(self, where: str) -> None:
+        """The camera, action key and labels name what the dataset has, and each path template finds
+        files (see pipeline.sources.lerobot_check)."""
+        lerobot_check.check_params(self, where, v2=self.info["codebase_version"] in V2_VERSIONS)
 
     # ---- episodes ----------------------------------------------------------------
 
@@ -219,6 +267,10 @@ class LeRobotSource(Source):
         wanted = ([self.params.action_key] if self.params.action_key else []) + list(self.params.labels)
         columns = ["frame_index", *wanted] + (["episode_index"] if ep.window is not None else [])
         try:
+            names = pq.read_schema(ep.data).names
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise EpisodeError(str(ep.data), f"no column(s) {missing} in this parquet file (its columns: {names})")
             table = pq.read_table(ep.data, columns=columns)
         except FileNotFoundError:
             raise EpisodeError(str(ep.data), "parquet file does not exist") from None

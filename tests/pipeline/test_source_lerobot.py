@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ParamsError, build
@@ -163,3 +164,92 @@ def test_fingerprint(tmp_path):
     parquet = tmp_path / "data" / "chunk-000" / "file-000.parquet"
     parquet.write_bytes(parquet.read_bytes() + b"\0")
     assert source(tmp_path).fingerprint() != first
+
+
+# -- datasets made elsewhere: episode bounds, key names and path templates that are not ours --------
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_a_to_timestamp_at_the_last_frame_keeps_every_frame_with_its_row(tmp_path, decoder):
+    fixture = make_lerobot_v3(tmp_path, LENGTHS, inclusive_to=True, episodes_per_file=3, cameras=(TOP,))
+    meta = pq.read_table(tmp_path / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    bounds = [t for r in meta for t in (r[f"videos/{TOP}/from_timestamp"], r[f"videos/{TOP}/to_timestamp"])]
+    assert bounds == pytest.approx([0.0, 0.5, 0.6, 1.4, 1.5, 1.9])  # each episode's first and last frame time
+    src = source(tmp_path, decoder=decoder)
+    refs = src.refs()
+    assert [r.origin.split(" (")[1] for r in refs] == ["episode 0, 0.000s to 0.600s)", "episode 1, 0.600s to 1.500s)",
+                                                       "episode 2, 1.500s to 2.000s)"]
+    for e, ref in enumerate(refs):
+        assert src.count(ref) == LENGTHS[e]
+        assert_episode(src.load(ref), fixture, e, np.arange(LENGTHS[e]))  # frame i shows row i's index
+        assert_episode(src.load(ref, 2, LENGTHS[e]), fixture, e, np.arange(2, LENGTHS[e]))
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_an_episode_lacking_a_frame_mid_file_is_a_mismatch_not_a_shift(tmp_path, decoder):
+    # Exclusive bounds, episode 1 one frame short: its window spans 8 intervals for 9 rows, as an inclusive
+    # one would, but episode 2 starts where it ends, so it is not extended into episode 2's first frame.
+    fixture = make_lerobot_v3(tmp_path, LENGTHS, video_lengths=(6, 8, 5), episodes_per_file=3, cameras=(TOP,))
+    src = source(tmp_path, decoder=decoder)
+    first, short, last = src.refs()
+    with pytest.raises(EpisodeError, match="frame-count mismatch: .*has 9 rows for episode 1 but 8 frames decode"):
+        src.count(short)
+    assert_episode(src.load(short, 0, 8), fixture, 1, np.arange(8))
+    assert src.count(first) == 6 and src.count(last) == 5
+    assert_episode(src.load(last), fixture, 2, np.arange(5))
+
+
+def test_wrong_keys_are_params_errors_listing_what_the_dataset_has(tmp_path):
+    make_lerobot_v3(tmp_path, (4, 3), action="actions", cameras=(TOP,))
+    columns = "['actions', 'observation.state', 'timestamp', 'frame_index', 'episode_index', 'index', 'task_index']"
+    with pytest.raises(ParamsError) as err:
+        source(tmp_path).check_params("datasets.robot")
+    assert str(err.value) == ("params: datasets.robot.action_key = 'action' is not allowed: expected null or one of "
+                              f"the dataset's columns: {columns}")
+    with pytest.raises(ParamsError) as err:
+        source(tmp_path, action_key="actions", labels=["observation.effort"]).check_params("datasets.robot")
+    assert str(err.value) == ("params: datasets.robot.labels[0] = 'observation.effort' is not allowed: expected one of "
+                              f"the dataset's columns: {columns}")
+    with pytest.raises(ParamsError) as err:
+        source(tmp_path, action_key="actions", camera=WRIST).check_params("datasets.robot")
+    assert str(err.value) == (f"params: datasets.robot.camera = '{WRIST}' is not allowed: expected null or one of "
+                              f"the dataset's cameras (its video features): ['{TOP}']")
+    source(tmp_path, action_key="actions").check_params("datasets.robot")
+
+
+def test_a_template_that_finds_no_file_shows_what_is_there_and_can_be_overridden(tmp_path):
+    fixture = make_lerobot_v3(tmp_path, (4, 3), cameras=(TOP,))
+    (tmp_path / "videos").rename(tmp_path / "video")  # published as video/..., templated as videos/...
+    with pytest.raises(SourceError) as err:
+        source(tmp_path).check_params("datasets.robot")
+    assert str(err.value) == (
+        f"{tmp_path / 'meta' / 'info.json'}: no file of the dataset matches the video_path template "
+        "'videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4': for episode 0 it gives "
+        f"videos/{TOP}/chunk-000/file-000.mp4, which does not exist; the dataset folder holds data/, meta/, video/; "
+        f"a .mp4 file there: video/{TOP}/chunk-000/file-000.mp4. Set datasets.robot.video_path to the template the "
+        "files follow (fields: {video_key}, {chunk_index}, {file_index})")
+    fixed = source(tmp_path, video_path="video/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
+    fixed.check_params("datasets.robot")
+    for e, ref in enumerate(fixed.refs()):
+        assert ref.origin.startswith(str(tmp_path / "video" / TOP))
+        assert_episode(fixed.load(ref), fixture, e, np.arange((4, 3)[e]))
+    with pytest.raises(SourceError, match=r"^the data_path param: no file of the dataset matches the data_path "
+                                          r"template 'data/\{chunk_index\}.parquet': .* gives data/0.parquet, "
+                                          r"which does not exist; data/ holds chunk-000/; a .parquet file there: "
+                                          r"data/chunk-000/file-000.parquet\. Set datasets.robot.data_path"):
+        source(tmp_path, data_path="data/{chunk_index}.parquet").check_params("datasets.robot")
+    with pytest.raises(SourceError, match=r"the video_path param: cannot fill video_path 'v/\{camera\}.mp4'"):
+        source(tmp_path, video_path="v/{camera}.mp4").refs()
+
+
+def test_a_column_missing_from_one_file_is_that_episodes_reason(tmp_path):
+    make_lerobot_v2(tmp_path, (4, 3), cameras=(TOP,))
+    parquet = tmp_path / "data" / "chunk-000" / "episode_000001.parquet"
+    pq.write_table(pq.read_table(parquet).drop(["observation.state"]), parquet)
+    src = source(tmp_path)
+    src.check_params("datasets.robot")  # the first episode's file has every column
+    with pytest.raises(EpisodeError) as err:
+        src.count(src.refs()[1])
+    assert err.value.origin == str(parquet)
+    assert err.value.reason == ("no column(s) ['observation.state'] in this parquet file (its columns: ['action', "
+                                "'timestamp', 'frame_index', 'episode_index', 'index', 'task_index'])")

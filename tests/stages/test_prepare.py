@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
+from pipeline.config import ParamsError
 from pipeline.inspect import verify
 from pipeline.sources import EpisodeError, SourceError
 from stages import extract, prepare
@@ -99,3 +100,65 @@ def test_parallel_checking_gives_the_same_manifest(tmp_path):
     serial = prepare.run(folder_params(tmp_path, "decode.workers=0"), "clips", show_progress=False)
     parallel = prepare.run(folder_params(tmp_path, "decode.workers=2"), "clips", show_progress=False)
     assert serial["episodes"] == parallel["episodes"] and serial["failures"] == parallel["failures"]
+
+
+def robot_params(tmp_path, *extra):
+    return make_params(tmp_path, "datasets.robot.kind=lerobot", f"datasets.robot.path={tmp_path / 'robot'}", *extra)
+
+
+def test_a_wrong_action_key_stops_prepare_once_naming_the_key(tmp_path):
+    media.make_lerobot_v3(tmp_path / "robot", (4, 3), action="actions", cameras=("observation.images.top",))
+    params = robot_params(tmp_path)
+    with pytest.raises(ParamsError, match=r"^params: datasets.robot.action_key = 'action' is not allowed: expected "
+                                          r"null or one of the dataset's columns: \['actions', 'observation.state',"):
+        prepare.run(params, "robot", show_progress=False)
+    assert not prepare.manifest_path(params, "robot").exists()
+    manifest = prepare.run(robot_params(tmp_path, "datasets.robot.action_key=actions"), "robot", show_progress=False)
+    assert [e["frames"] for e in manifest["episodes"]] == [4, 3] and manifest["schema"]["action_dim"] == 2
+
+
+def test_when_no_episode_reads_the_manifest_and_the_error_list_every_reason(tmp_path):
+    media.make_lerobot_v3(tmp_path / "robot", (6, 9, 5), video_lengths=(5, 8, 4), episodes_per_file=1,
+                          cameras=("observation.images.top",))
+    params = robot_params(tmp_path)
+    with pytest.raises(SourceError) as err:
+        prepare.run(params, "robot", show_progress=False)
+    path = prepare.manifest_path(params, "robot")
+    manifest = json.loads(path.read_text())
+    assert manifest["episodes"] == []
+    data = tmp_path / "robot" / "data" / "chunk-000"
+    reasons = [f"frame-count mismatch: {data}/file-00{e}.parquet has {n} rows for episode {e} but {n - 1} frames decode"
+               for e, n in enumerate((6, 9, 5))]
+    assert [f["reason"] for f in manifest["failures"]] == reasons
+    assert [f["key"] for f in manifest["failures"]] == ["episode_000000", "episode_000001", "episode_000002"]
+    assert str(err.value) == (f"dataset 'robot' ({tmp_path / 'robot'}): none of its 3 episodes could be read; each is "
+                              f"listed with its reason in {path}:" +
+                              "".join(f"\n  {f['origin']}: {f['reason']}" for f in manifest["failures"]))
+    with pytest.raises(SourceError, match="none of the episodes of dataset 'robot' could be read"):
+        extract.run(params, "robot", show_progress=False)
+
+
+def test_mixed_resolutions_without_resize_stop_prepare_asking_for_resize(tmp_path):
+    media.write_video(tmp_path / "videos" / "a.mp4", media.color_frames(6, (32, 32)))
+    media.write_video(tmp_path / "videos" / "b.mp4", media.color_frames(5, (48, 64)))
+    media.write_video(tmp_path / "videos" / "c.mp4", media.color_frames(4, (32, 32)))
+    params = folder_params(tmp_path)
+    with pytest.raises(ParamsError) as err:
+        prepare.run(params, "clips", show_progress=False)
+    videos = tmp_path / "videos"
+    assert str(err.value) == (
+        "params: datasets.clips.resize = None is not allowed for this dataset: its episodes decode at 2 sizes "
+        f"(height x width: 32x32 (2 episodes, e.g. {videos / 'a.mp4'}), 48x64 (1 episode, e.g. {videos / 'b.mp4'})); "
+        "set datasets.clips.resize to one [height, width], e.g. [32, 32] (the first episode's), and every frame is "
+        "resized to it")
+    assert not prepare.manifest_path(params, "clips").exists()
+    resized = folder_params(tmp_path, "datasets.clips.resize=[32, 32]")
+    assert [e["frames"] for e in prepare.run(resized, "clips", show_progress=False)["episodes"]] == [6, 5, 4]
+    assert verify(extract.run(resized, "clips", show_progress=False)) == []
+
+
+def test_the_progress_bar_ends_at_the_total_when_episodes_are_skipped(tmp_path, capsys):
+    bad_folder(tmp_path)
+    prepare.run(folder_params(tmp_path), "clips", show_progress=True)
+    bar = [line for line in capsys.readouterr().out.splitlines() if line.startswith("prepare: checking episodes")]
+    assert len(bar) == 1 and " 6/6 " in bar[0]
