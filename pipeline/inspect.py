@@ -41,7 +41,7 @@ def verify(path: Path, show_progress: bool = False) -> list[str]:
     if damage.other:
         return problems  # episode_ends or the stats cannot be trusted: nothing below can be checked
     tokens, ends = root["tokens"], root["episode_ends"][:]
-    n, dim = tokens.shape[0], tokens.shape[-1]
+    n = tokens.shape[0]
     problems += _check_episodes(ends, n, attrs)
     if tokens.dtype != np.float16 or tokens.ndim != 4:
         problems.append(f"tokens must be (F, h, w, D) float16, got {tokens.shape} {tokens.dtype}")
