@@ -29,17 +29,14 @@ def verify(path: Path, show_progress: bool = False) -> list[str]:
     layout = store.layout_of(attrs)
     if not attrs["complete"] or (path / store.PROGRESS).exists():
         done = len(store.done_shards(path))
-        problems.append(f"incomplete: {done}/{layout.n_shards} shards written (resume with `dila extract`)")
-    names = set(_array_names(root))
-    problems += [f"array {a} is missing" for a in ("tokens", "episode_ends", "stats/mean", "stats/std") if a not in names]
-    if problems:
-        return problems
+        return [f"incomplete: {done}/{layout.n_shards} shards written (resume with `dila extract`)"]
     damage = store.find_damage(path, deep=True)
     fix = f"run `dila extract {attrs['dataset']}`"
     problems += [f"damaged: {line}; {fix} to rewrite it" for line in damage.describe(layout)[:len(damage.shards)]]
     problems += [f"damaged: {line}; {fix} to rebuild the store" for line in damage.other]
     if damage.other:
-        return problems  # episode_ends or the stats cannot be trusted: nothing below can be checked
+        return problems  # the episode bookkeeping, stats or metadata cannot be trusted: nothing below can be read
+    names = set(_array_names(root))  # every array's metadata is intact (it has a digest)
     tokens, ends = root["tokens"], root["episode_ends"][:]
     n = tokens.shape[0]
     problems += _check_episodes(ends, n, attrs)
@@ -54,7 +51,7 @@ def verify(path: Path, show_progress: bool = False) -> list[str]:
 
 
 def _array_names(root) -> list[str]:
-    return [name for name, _ in store._arrays(root)]
+    return [name for name, _ in store.arrays(root)]
 
 
 def _check_episodes(ends: np.ndarray, n: int, attrs: dict[str, Any]) -> list[str]:

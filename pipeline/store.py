@@ -15,12 +15,12 @@ token sums and the size and sha256 of each file it wrote goes to
 `.progress/shard-NNNNNN.json` (atomically). A resumed run skips shards with a record
 and rewrites any other. `finalize` combines the records in shard order into the stats
 (so they do not depend on the number of writers), keeps every shard's file digests
-(and those of episode_ends and the stats) in the attributes, marks the store complete
-and removes `.progress`.
+(and those of the files written once: episode_ends, the stats, the arrays' metadata)
+in the attributes, marks the store complete and removes `.progress`.
 
 The digests are how damage is found without decoding anything: a shard whose files
 are missing, cut short or changed (`find_damage`) is named by `dila verify` and
-rewritten by `dila extract`. A repair (`begin_repair`) lists the damaged shards in
+rewritten by `dila extract`. A repair (`reopen_shards`) lists the damaged shards in
 `.progress/repair.json`; every other shard counts as done, and `finalize` checks that
 the rewritten files are the very bytes first written (the stats stay valid) instead of
 recomputing the stats.
@@ -208,10 +208,11 @@ def shard_files(root: zarr.Group, k: int) -> list[str]:
     """Paths (relative to the store) of the files holding shard k: the tokens shard and chunk k of
     actions and of every label (their chunks are one shard long)."""
     return [f"{name}/c/" + "/".join([str(k)] + ["0"] * (node.ndim - 1))
-            for name, node in sorted(_arrays(root)) if name not in SMALL_ARRAYS]
+            for name, node in sorted(arrays(root)) if name not in SMALL_ARRAYS]
 
 
-def _arrays(root: zarr.Group) -> list[tuple[str, zarr.Array]]:
+def arrays(root: zarr.Group) -> list[tuple[str, zarr.Array]]:
+    """(path, array) of every array of the store."""
     with warnings.catch_warnings():  # zarr warns about the store's .progress folder
         warnings.simplefilter("ignore")
         return [(name, node) for name, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
@@ -260,9 +261,11 @@ def _write_stats(root: zarr.Group, layout: Layout, records: list[dict[str, Any]]
 
 
 def _small_files(path: Path) -> list[str]:
-    """The chunk files of episode_ends and the stats, relative to the store."""
-    return sorted(p.relative_to(path).as_posix() for name in SMALL_ARRAYS for p in (path / name / "c").rglob("*")
-                  if p.is_file())
+    """The files written once, relative to the store: the chunks of episode_ends and the stats, and the
+    metadata of every array and group but the root (whose attributes hold the digests)."""
+    chunks = [p for name in SMALL_ARRAYS for p in (path / name / "c").rglob("*") if p.is_file()]
+    metadata = [p for p in path.rglob("zarr.json") if p.parent != path]
+    return sorted(p.relative_to(path).as_posix() for p in chunks + metadata)
 
 
 def _check_rewritten(path: Path, attrs: dict[str, Any], shards: list[int]) -> None:
@@ -280,7 +283,7 @@ def _check_rewritten(path: Path, attrs: dict[str, Any], shards: list[int]) -> No
 @dataclass(frozen=True)
 class Damage:
     """What find_damage found. shards: shard -> what is wrong with its files; other: problems with the
-    files of episode_ends and the stats (written once, so only a rebuild restores them)."""
+    files written once (episode_ends, the stats, array metadata), which only a rebuild restores."""
 
     shards: dict[int, list[str]]
     other: list[str]
@@ -309,16 +312,18 @@ def _file_problem(path: Path, rel: str, want: list | None, deep: bool) -> str | 
 
 
 def _written(path: Path, attrs: dict[str, Any]) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
-    """The recorded digests of every written shard's files, and of the small arrays' files."""
-    if "shard_files" not in attrs and attrs.get("complete"):
-        raise StoreError(f"{path}: the store records no file digests (an older dila made it); run "
-                         f"`dila extract {attrs.get('dataset')}` to rebuild it")
-    shards = dict(enumerate(attrs.get("shard_files", [])))
-    if not attrs.get("complete"):  # under repair: the kept shards keep their digests from the attributes
-        kept = done_shards(path) - {int(p.stem.split("-")[1]) for p in (path / PROGRESS).glob("shard-*.json")}
-        shards = {k: files for k, files in shards.items() if k in kept}
-        shards.update((k, _record(path, k)["files"]) for k in done_shards(path) - kept)
-    return shards, attrs.get("files", {}) if attrs.get("complete") else {}
+    """The recorded digests of the files of every written shard, and of the files written once (only
+    recorded in a complete store)."""
+    if attrs.get("complete"):
+        if "shard_files" not in attrs:
+            raise StoreError(f"{path}: the store records no file digests (an older dila made it); run "
+                             f"`dila extract {attrs.get('dataset')}` to rebuild it")
+        return dict(enumerate(attrs["shard_files"])), attrs["files"]
+    recorded = {int(p.stem.split("-")[1]) for p in (path / PROGRESS).glob("shard-*.json")}
+    kept = done_shards(path) - recorded  # under repair: the shards not rewritten, digests in the attributes
+    shards = {k: attrs["shard_files"][k] for k in kept}
+    shards.update((k, _record(path, k)["files"]) for k in recorded)
+    return shards, {}
 
 
 def find_damage(path: Path, deep: bool = True) -> Damage:

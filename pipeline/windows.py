@@ -107,7 +107,6 @@ class Windows(Dataset):
             item["labels"] = {name: torch.from_numpy(v[frames]) for name, v in self.labels.items()}
         return item
 
-
     def _unreadable(self, frames: slice, err: Exception) -> str:
         layout = store.layout_of(self.attrs)
         shards = sorted({f // layout.shard_frames for f in (frames.start, frames.stop - 1)})

@@ -95,8 +95,8 @@ def _plan(params: Params, name: str, manifest: dict[str, Any], record: EncoderRe
 def _resume(path: Path, digest: str, layout: store.Layout) -> str | None:
     """Make a store of this plan ready to be finished: stale temp files go, and shards whose files are
     damaged (missing, cut short, changed: see store.find_damage) are written again. Returns what
-    happens, for the log, or None when the store must be rebuilt (another plan, unreadable, or its
-    episode_ends or stats damaged)."""
+    happens, for the log, or None when the store must be rebuilt (another plan, unreadable, or a file
+    written once damaged: episode_ends, the stats, array metadata)."""
     try:
         attrs = store.store_attrs(store.open_store(path))
         if attrs.get("plan_sha256") != digest:
@@ -145,7 +145,7 @@ def _open_or_create(path: Path, plan: dict[str, Any], manifest: dict[str, Any], 
     store.create_store(path, layout, ends, schema["action_dim"], labels, params.store, attrs)
     if existed:
         return ("rebuilt from scratch: the store there was made under another plan (params, source, encoder or "
-                "code), or is unreadable, or its episode_ends or stats are damaged")
+                "code), or is unreadable, or its episode_ends, stats or array metadata are damaged")
     return "created"
 
 

@@ -18,7 +18,7 @@ size) raises `EpisodeError(origin=str(path), reason=...)`.
 
 decord's native code logs its complaints ("ERROR opening: ...") straight to file
 descriptor 2, past Python and its log level; every decord call runs with that
-descriptor redirected (`_native_stderr`), and what it wrote becomes part of the
+descriptor redirected (`captured_stderr`), and what it wrote becomes part of the
 reason when the call fails, so it reaches the failures report and never the terminal.
 """
 from __future__ import annotations
@@ -28,8 +28,6 @@ import functools
 import importlib
 import os
 import re
-import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ import av
 import numpy as np
 
 from pipeline.sources.base import EpisodeError, SourceError
+from pipeline.sources.native import captured_stderr
 
 DECODERS = ("auto", "decord", "pyav")
 _BATCH = 32  # frames per decord get_batch call
@@ -126,23 +125,6 @@ def _decord():
     return module
 
 
-@contextlib.contextmanager
-def _native_stderr(lines: list[str]) -> Iterator[None]:
-    """Collect into `lines` what native code writes to file descriptor 2 while the block runs."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode(errors="replace")
-            lines.extend(_NATIVE_PREFIX.sub("", ln).strip() for ln in text.splitlines() if ln.strip())
-
-
 class _DecordFailed(RuntimeError):
     """A decord call failed; the message is what decord logged natively, else its exception's text."""
 
@@ -151,10 +133,11 @@ class _DecordFailed(RuntimeError):
 def _decord_call() -> Iterator[None]:
     native: list[str] = []
     try:
-        with _native_stderr(native):
+        with captured_stderr(native):
             yield
     except Exception as err:  # DECORDError, RuntimeError, IndexError from the native side
-        raise _DecordFailed("; ".join(native) or _first_line(err)) from err
+        lines = [_NATIVE_PREFIX.sub("", ln) for ln in native]
+        raise _DecordFailed("; ".join(lines) or _first_line(err)) from err
 
 
 def _decord_reader(path: Path):

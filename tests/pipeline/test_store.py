@@ -113,7 +113,8 @@ def test_verify_reports_each_problem(tmp_path):
     assert any("must end at the frame count 21" in p for p in verify(finished(tmp_path / "end", (5, 12, 20))[0]))
     root = zarr.open_group(path, mode="r+")
     del root["stats/std"]
-    assert verify(path) == ["array stats/std is missing"]
+    assert verify(path) == [f"damaged: stats/std/{f} is missing; run `dila extract d` to rebuild the store"
+                            for f in ("c/0", "zarr.json")]
 
 
 def test_digests_of_every_written_file_are_kept(tmp_path):
@@ -122,7 +123,10 @@ def test_digests_of_every_written_file_are_kept(tmp_path):
     assert [sorted(files) for files in attrs["shard_files"]] == [
         [f"actions/c/{k}/0", f"labels/motion/c/{k}", f"tokens/c/{k}/0/0/0"] for k in range(3)]
     assert attrs["shard_files"][0]["labels/motion/c/0"] is None and not (path / "labels/motion/c/0").exists()
-    assert sorted(attrs["files"]) == ["episode_ends/c/0", "stats/mean/c/0", "stats/std/c/0"]
+    assert sorted(attrs["files"]) == ["actions/zarr.json", "episode_ends/c/0", "episode_ends/zarr.json",
+                                      "labels/motion/zarr.json", "labels/zarr.json", "stats/mean/c/0",
+                                      "stats/mean/zarr.json", "stats/std/c/0", "stats/std/zarr.json", "stats/zarr.json",
+                                      "tokens/zarr.json"]
     tokens = path / "tokens" / "c" / "1" / "0" / "0" / "0"
     assert attrs["shard_files"][1]["tokens/c/1/0/0/0"] == store.file_digest(tokens)
     assert store.find_damage(path) == store.Damage({}, [])

@@ -180,14 +180,15 @@ def test_damaged_shards_are_named_and_exactly_those_rewritten(tmp_path, capsys):
     assert capsys.readouterr().out.endswith("complete: all 4 shards were already written; nothing to do\n")
 
 
-def test_damaged_stats_rebuild_the_store(tmp_path, capsys):
+@pytest.mark.parametrize("written_once", ["stats/std/c/0", "tokens/zarr.json"])
+def test_damage_to_what_is_written_once_rebuilds_the_store(tmp_path, capsys, written_once):
     clean = run_both(make_params(tmp_path / "clean"))
     params = make_params(tmp_path / "damaged")
     path = run_both(params)
-    std = path / "stats" / "std" / "c" / "0"
-    written = std.stat().st_size
-    std.write_bytes(b"")
-    assert verify(path) == [f"damaged: stats/std/c/0 has 0 bytes, {written} were written; run `dila extract "
+    file = path / written_once
+    written = file.stat().st_size
+    file.write_bytes(b"")
+    assert verify(path) == [f"damaged: {written_once} has 0 bytes, {written} were written; run `dila extract "
                             "synthetic` to rebuild the store"]
     capsys.readouterr()
     extract.run(params, "synthetic", show_progress=False)
