@@ -158,6 +158,16 @@ class DiLA(nn.Module):
         memory = [m[:, :-1] for m in self.content(self.backbone(content_from))]
         return self._decode(s[:, 1:], content_from[:, 0], memory)
 
+    def readout(self, e: Tensor) -> tuple[Tensor, Tensor]:
+        """Decoder read-out check on a clip e (B, T >= 2, h, w, D): frames 1..T-1 decoded from the
+        true next structure s_{t+1} and from the current s_t, each (B, T-1, h, w, D). A decoder that
+        reads motion from structure is much closer to the truth from s_{t+1} than from s_t."""
+        self._check(e, "e", 2)
+        x = self.backbone(e)
+        s = self.structure(x)                                         # (B, T, h, w, d_s)
+        memory = [m[:, :-1] for m in self.content(x)]
+        return self._decode(s[:, 1:], e[:, 0], memory), self._decode(s[:, :-1], e[:, 0], memory)
+
     def isolate_motion(self, e: Tensor) -> Tensor:
         """Motion isolation: structure frozen at s_0 while the content memory follows the clip
         e (B, T, h, w, D). A disentangled model returns (nearly) static frames (B, T-1, h, w, D)."""

@@ -1,10 +1,12 @@
 """Named model configurations, all built by `preset(name, ...)`.
 
 - ``paper``: DiLA at the reference configuration on 16 x 16 x 768 tokens:
-  123,005,768 trainable parameters (reference 123,006,040): ST-Transformer
-  51,103,008 (51.13M), IDM 36,022,208 (36.02M), FDM 8,114,624 (8.09M), structure +
-  content encoders + memory + fusion decoder 27,765,928 (27.77M). Each module's
-  docstring gives the layer shapes that produce its count.
+  123,005,768 trainable parameters (reference 123,006,040). Per module, ours against the
+  reference's instantiated counts: ST-Transformer 51,103,008 / 51,129,864 (-0.05%), IDM
+  36,022,208 / 36,021,312 (+0.002%), FDM 8,114,624 / 8,085,416 (+0.36%), structure +
+  content encoders + memory + fusion decoder 27,765,928 / 27,769,448 (-0.01%). Each
+  module's docstring gives the layer shapes that produce its count; README "Deviations
+  from the reference code" lists where the layouts differ.
 - ``small``: the CPU demo on 8 x 8 x 384 tokens (DINOv2-S width). Its decoder adds the
   first-frame tokens to its output (`DecoderConfig.skip`, not in the paper): trained for a
   few hundred steps, the paper's decoder does not yet reach the "repeat the last frame"

@@ -2,8 +2,11 @@
 
 A block is: causal depthwise-conv position generator, then a sequence of pre-norm
 residual sublayers given by `layout`:
-- ``space-ffn-time-ffn``: the reference ST-Transformer, i.e. its "4 spatial + 4
-  temporal layers" are 4 blocks of [spatial attention + FFN, temporal attention + FFN];
+- ``space-ffn-time-ffn``: 4 interleaved blocks of [spatial attention + FFN, temporal
+  attention + FFN] for the paper's "4 spatial + 4 temporal layers". This is not the
+  reference's layout: it runs its 4 spatial layers first, then its 4 temporal layers,
+  with no input projection and cosine-similarity attention (README, "Deviations from
+  the reference code");
 - ``space-time-ffn``: one FFN per block (the FDM's lighter layout).
 Spatial attention uses the continuous relative position bias; temporal attention
 is causal with rotary embeddings; both are QK-normalised. With `cond_dim > 0` every
@@ -15,7 +18,7 @@ per-frame conditioning), which tests check.
 Paper shape: proj_in 768 -> 768; 4 blocks of [spatial attention + FFN, temporal
 attention + FFN]; attention 8 heads x 64 (inner 512; q, k, v without bias, output
 with bias); GEGLU hidden 2048 (2/3 x 4 x 768, the usual size of a gated FFN of
-mult 4); position-bias MLP hidden 512: 51,103,008 parameters (reference 51.13M).
+mult 4); position-bias MLP hidden 512: 51,103,008 parameters (reference 51,129,864, -0.05%).
 """
 from __future__ import annotations
 

@@ -5,16 +5,19 @@ ResNet (GroupNorm + SiLU, pre-activation blocks), 3x3x3 kernels with symmetric
 temporal padding (bidirectional, no temporal downsampling), stride-2 spatial
 downsampling between stages, global spatial mean, then an MLP head per step.
 Paper shape: channels 64 -> 128 -> 256 -> 512 -> 512 on 16 -> 8 -> 4 -> 2 -> 1, with
-(2, 2, 2, 1, 0) residual blocks per stage; this reproduces the reference's
-36.02M parameters (36,022,208) exactly with a 512 -> 1024 -> 256 head.
+(2, 2, 2, 1, 0) residual blocks per stage and a 512 -> 1024 -> 256 head: 36,022,208
+parameters, 896 (0.002%) more than the reference's 36,021,312.
 
 FDM: (s_t, z_t) -> Δŝ_t, so ŝ_{t+1} = s_t + FDM(s_t, z_t). A light ST-Transformer
 (layout space-time-ffn) on the projected structure tokens plus one extra token per
 frame carrying z; every sublayer is AdaLN-zero conditioned on z. z enters through
-two MLPs (d_z -> W -> W): one makes the z token, one the AdaLN condition. The last
-head layer is zero-initialised, so the update is exactly zero at initialisation.
+two MLPs (d_z -> W -> W): one makes the z token, one the AdaLN condition. Here the last
+head layer is zero-initialised, so the update is exactly zero at initialisation. The
+reference's module is AdaLN-zero too, but its training script re-initialises every
+Linear layer with Xavier, so as the reference trains it the FDM is not zero at the start
+(README, "Deviations from the reference code").
 Paper shape (W 256, depth 4, 8 x 32 heads, GEGLU hidden 1024, head 256 -> 128 -> 32):
-8,114,624 parameters (reference 8.09M).
+8,114,624 parameters, +0.36% on the reference's 8,085,416.
 """
 from __future__ import annotations
 

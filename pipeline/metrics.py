@@ -57,6 +57,22 @@ def repeat_last(context: Array, horizon: int) -> Array:
     return np.repeat(context[:, -1:], horizon, axis=1)
 
 
+def teacher_forced_baseline(e: Array) -> Array:
+    """Repeat-last-frame teacher-forced prediction of frames 1..T-1 of clips e (N, T, h, w, D):
+    frame t predicts frame t + 1, (N, T-1, h, w, D)."""
+    e = np.asarray(e)
+    if e.ndim != 5 or e.shape[1] < 2:
+        raise ValueError(f"teacher_forced_baseline: e must be (N, T >= 2, h, w, D), got {e.shape}")
+    return e[:, :-1]
+
+
+def error_ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator of two errors; None when the denominator is 0 (undefined).
+    Used for z usage (other-z error / own-z error: 1.0 means z is ignored) and the decoder
+    read-out (error from s_t / error from the true s_{t+1}: 1.0 means structure is not read)."""
+    return None if denominator <= 0 else float(numerator) / float(denominator)
+
+
 @dataclass(frozen=True)
 class RidgeProbe:
     """y ≈ ((x - x_mean) / x_scale) @ weight + bias, for x (N, d_in) and y (N, d_out)."""

@@ -137,8 +137,9 @@ def rollout_section(ctx: Context) -> dict[str, Any]:
     baseline.update(pixel_scores(ctx, "rollout.baseline", base, future))
     if has_latent_actions(ctx.model):
         out["other_z"] = _mean_steps(M.token_mse_per_step(_other_z_rollouts(ctx, truth), future), "token_mse")
+        out["z_usage"] = M.error_ratio(out["other_z"]["token_mse"], out["token_mse"])
     else:
-        ctx.unavailable["rollout.other_z"] = "the model has no latent actions"
+        ctx.unavailable["rollout.other_z"] = ctx.unavailable["rollout.z_usage"] = "the model has no latent actions"
     return {**out, "baseline": baseline}
 
 
@@ -181,7 +182,17 @@ def teacher_forced_section(ctx: Context) -> dict[str, Any]:
     val = record.get("val") or {}
     if "L_e" not in val:
         raise Unavailable(f"{path} holds no final validation L_e")
-    return {"val_mse": float(val["L_e"]), "step": int(record["spec"]["steps"]), "record": str(path)}
+    e = ctx.clips["e"]                                                             # (N, T, h, w, D)
+    truth = e[:, 1:]
+    own = float(M.token_mse_per_step(batched(ctx.model.predict, e, dev=ctx.dev), truth).mean())
+    from_next, from_current = (batched(lambda c, k=k: ctx.model.readout(c)[k], e, dev=ctx.dev) for k in (0, 1))
+    readout = {"from_true_next_s": float(M.token_mse_per_step(from_next, truth).mean()),
+               "from_current_s": float(M.token_mse_per_step(from_current, truth).mean())}
+    readout["ratio"] = M.error_ratio(readout["from_current_s"], readout["from_true_next_s"])
+    baseline = float(M.token_mse_per_step(M.teacher_forced_baseline(e), truth).mean())
+    return {"val_mse": float(val["L_e"]), "step": int(record["spec"]["steps"]), "record": str(path),
+            "clips_val_mse": own, "baseline_val_mse": baseline, "ratio_to_baseline": M.error_ratio(own, baseline),
+            "readout": readout}
 
 
 def probe_targets(name: str, params: Params, clips: dict[str, Any]) -> np.ndarray:

@@ -74,11 +74,14 @@ def object_look(seed: int, appearance: int) -> Look:
     return Look(shape, pattern, colors, _waves(rng, 0.6, 1.5))
 
 
-def background_look(seed: int, background: int) -> Look:
-    """The look of background id `background` under `seed` (muted, lower contrast)."""
+def background_look(seed: int, background: int, contrast: float = 1.0) -> Look:
+    """The look of background id `background` under `seed` (muted, lower contrast); `contrast`
+    scales the difference of its two colours (0: a flat colour, 1: the full pattern)."""
     rng = np.random.default_rng([seed, _BACKGROUND_STREAM, background])
     first = rng.uniform(50, 200, 3)
     second = np.clip(first + rng.uniform(-60, 60, 3), 0, 255)
+    if contrast != 1.0:
+        second = first + contrast * (second - first)
     colors = np.stack([first, second]).astype(np.float32)
     return Look(None, PATTERNS[background % len(PATTERNS)], colors, _waves(rng, 1.5, 5.0))
 

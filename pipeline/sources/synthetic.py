@@ -75,7 +75,8 @@ class SyntheticParams(DatasetParams):
     object_size: base object radius (fraction of the image); scale_range: bound on
     |log_scale|; translate_step (fraction of the image), scale_step, rotate_step
     (radians): per-step action standard deviations; persistence: AR(1) coefficient
-    of the per-step actions in [0, 1).
+    of the per-step actions in [0, 1); background_contrast: how much of the background's
+    pattern shows, from 0 (a flat colour) to 1.
     """
 
     kind: str = "synthetic"
@@ -94,6 +95,7 @@ class SyntheticParams(DatasetParams):
     scale_step: float = 0.08
     rotate_step: float = 0.2
     persistence: float = 0.8
+    background_contrast: float = 1.0
 
     def validate(self, where: str) -> None:
         super().validate(where)
@@ -118,6 +120,7 @@ class SyntheticParams(DatasetParams):
             ("scale_step", self.scale_step >= 0, "a number >= 0"),
             ("rotate_step", self.rotate_step >= 0, "a number >= 0"),
             ("persistence", 0 <= self.persistence < 1, "a number in [0, 1)"),
+            ("background_contrast", 0 <= self.background_contrast <= 1, "a number in [0, 1]"),
         ]
         for name, ok, allowed in rules:
             check(ok, f"{where}.{name}", getattr(self, name), allowed)
@@ -342,7 +345,7 @@ class SyntheticSource(Source):
 
     def _background(self, background: int) -> np.ndarray:
         if background not in self._backgrounds:
-            look = background_look(self.params.seed, background)
+            look = background_look(self.params.seed, background, self.params.background_contrast)
             self._backgrounds[background] = look.shade(self._gx - 0.5, self._gy - 0.5)
         return self._backgrounds[background]
 

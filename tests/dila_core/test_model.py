@@ -148,6 +148,22 @@ def test_rebind_matches_teacher_forcing_without_latent_action():
     torch.testing.assert_close(model.rebind(e, e), model.predict(e))
 
 
+def test_readout_decodes_true_next_and_current_structure():
+    no_action = tiny("no_latent_action").eval()
+    e = clip(no_action)
+    from_next, from_current = no_action.readout(e)
+    torch.testing.assert_close(from_next, no_action.predict(e))       # that variant decodes s_{t+1} itself
+    model = tiny().eval()
+    x = model.backbone(e)
+    s = model.structure(x)
+    [memory] = model.content(x)
+    first = e[:, :1].expand(-1, 3, -1, -1, -1)
+    from_next, from_current = model.readout(e)
+    torch.testing.assert_close(from_next, model.decoder(s[:, 1:], [first, memory[:, :-1]]))
+    torch.testing.assert_close(from_current, model.decoder(s[:, :-1], [first, memory[:, :-1]]))
+    assert (from_next - from_current).abs().max() > 1e-5
+
+
 def test_rebind_takes_structure_from_one_clip_and_content_from_the_other():
     model = tiny().eval()
     a, b = clip(model, seed=4), clip(model, seed=5)

@@ -149,3 +149,19 @@ def test_pca_2d_of_one_dimensional_data_pads_the_second_axis():
 def test_finite_or_none():
     assert M.finite_or_none(1.5) == 1.5
     assert M.finite_or_none(float("nan")) is None and M.finite_or_none(float("inf")) is None
+
+
+def test_teacher_forced_baseline_predicts_each_frame_by_the_one_before():
+    e = np.arange(2 * 3 * 1 * 1 * 2, dtype=np.float32).reshape(2, 3, 1, 1, 2)
+    base = M.teacher_forced_baseline(e)
+    np.testing.assert_array_equal(base, e[:, :2])
+    # frames step by 2 per channel, so the baseline is off by exactly 2 everywhere: MSE 4
+    assert M.token_mse_per_step(base, e[:, 1:]).tolist() == [4.0, 4.0]
+    with pytest.raises(ValueError, match="T >= 2"):
+        M.teacher_forced_baseline(e[:, :1])
+
+
+def test_error_ratio_reads_z_usage_and_decoder_read_out():
+    assert M.error_ratio(0.3, 0.2) == pytest.approx(1.5)       # other-z error 1.5 x own-z: z is used
+    assert M.error_ratio(0.2, 0.2) == 1.0                      # z ignored
+    assert M.error_ratio(0.1, 0.0) is None                     # undefined, never inf or nan

@@ -80,6 +80,8 @@ def test_defaults_are_valid_and_registered():
         ({"scale_range": -0.1}, "scale_range"),
         ({"translate_step": -1.0}, "translate_step"),
         ({"persistence": 1.0}, "persistence"),
+        ({"background_contrast": 1.5}, "background_contrast"),
+        ({"background_contrast": -0.1}, "background_contrast"),
         ({"kind": "video_folder"}, "kind"),
         ({"frame_stride": 0}, "frame_stride"),
         ({"colour": 1}, "colour"),
@@ -312,3 +314,18 @@ def test_fingerprint_tracks_what_shapes_the_data(monkeypatch, tmp_path):
     edited.write_text(open(synthetic.__file__).read() + "\n# edited\n")
     monkeypatch.setattr(synthetic, "__file__", str(edited))
     assert make().fingerprint() != base
+
+
+def test_background_contrast_flattens_the_background_and_one_keeps_it():
+    ref = make().refs()[0]
+    full, flat, half = (make(background_contrast=c) for c in (1.0, 0.0, 0.5))
+    assert_same_episode(make().load(ref), full.load(ref))            # 1 is the pattern as before
+    spec = full.spec(0)
+    appearance, motion = spec.appearance, spec.motion
+    backgrounds = [s.render(*empty_like(appearance, motion)).frames[0].reshape(-1, 3).astype(float)
+                   for s in (full, half, flat)]
+    spread = [b.std(axis=0).mean() for b in backgrounds]
+    assert spread[2] < 0.5 < spread[1] < spread[0]                 # 0: one flat colour (up to rounding)
+    assert spread[1] == pytest.approx(spread[0] / 2, rel=0.1)       # the pattern's contrast scales linearly
+    assert make(background_contrast=0.0).fingerprint() != make().fingerprint()
+    np.testing.assert_array_equal(flat.load(ref).actions, full.load(ref).actions)  # motion is untouched

@@ -54,6 +54,8 @@ def test_rollouts_under_another_clips_actions(run):
     np.testing.assert_allclose(got["token_mse_per_step"], np.square(other - truth[:, 1:]).mean(axis=(0, 2, 3, 4)),
                                rtol=1e-5)
     assert got["token_mse"] == pytest.approx(np.mean(got["token_mse_per_step"]))
+    r = run.metrics["rollout"]
+    assert r["z_usage"] == pytest.approx(got["token_mse"] / r["token_mse"])
 
 
 def val_clips(params):
@@ -122,9 +124,21 @@ def test_teacher_forced_mse_is_read_from_the_phase_one_record(run):
     path = final_record(run.params, "dila", "train")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"val": {"L_e": 0.25, "loss": 0.7}, "spec": {"steps": 12}}))
-    ctx = SimpleNamespace(params=run.params, variant="dila")
+    e = val_clips(run.params)["e"]
+    ctx = SimpleNamespace(params=run.params, variant="dila", model=run.model, clips={"e": e}, dev=torch.device("cpu"))
     try:
-        assert evaluate.teacher_forced_section(ctx) == {"val_mse": 0.25, "step": 12, "record": str(path)}
+        got = evaluate.teacher_forced_section(ctx)
+        assert (got["val_mse"], got["step"], got["record"]) == (0.25, 12, str(path))
+        with torch.no_grad():
+            own = run.model.predict(torch.from_numpy(e)).numpy()
+            from_next, from_current = (x.numpy() for x in run.model.readout(torch.from_numpy(e)))
+        assert got["clips_val_mse"] == pytest.approx(np.square(own - e[:, 1:]).mean(), rel=1e-5)
+        assert got["baseline_val_mse"] == pytest.approx(np.square(e[:, :-1] - e[:, 1:]).mean(), rel=1e-6)
+        assert got["ratio_to_baseline"] == pytest.approx(got["clips_val_mse"] / got["baseline_val_mse"])
+        r = got["readout"]
+        assert r["from_true_next_s"] == pytest.approx(np.square(from_next - e[:, 1:]).mean(), rel=1e-5)
+        assert r["from_current_s"] == pytest.approx(np.square(from_current - e[:, 1:]).mean(), rel=1e-5)
+        assert r["ratio"] == pytest.approx(r["from_current_s"] / r["from_true_next_s"])
         path.write_text(json.dumps({"val": {}, "spec": {"steps": 12}}))
         with pytest.raises(evaluate.Unavailable, match="no final validation L_e"):
             evaluate.teacher_forced_section(ctx)
