@@ -7,7 +7,9 @@ prints, every `every` steps, on held-out clips (one JSON line each):
   dec_true_s       the decoder's MSE when given the true s_{t+1} instead of ŝ_{t+1}
   rms_ds/s         rms(Δs) / rms(s): does the structure collapse in time?
   Ls/var           mean (Δŝ - Δs)² / mean Δs²: how much of Δs the IDM -> z -> FDM loop explains
+  upd/ds           rms of the FDM's update against rms(Δs)
   z_rms, r2        size of z; ridge-probe R² of z to the true (dx, dy) (fit on half the clips)
+  grad_z           ‖∂L_e/∂z‖ per transition on 32 held-out clips
 
 Arguments are key=value: store= steps= every= lr= B= T= tag= threads= seed= preset= bn=
   ls= lz= lnorm= lsym=   loss weights (paper 0.03 0.03 0.001 0.001)
@@ -132,9 +134,23 @@ def evaluate(k, t0):
         out['dec_true_s'] = round(float((forward(ev, ea, decode_true=True)[0] - tgt).square().mean()), 5)
         out['rms_ds/s'] = round(float(ds.square().mean().sqrt() / s.square().mean().sqrt()), 3)
         out['Ls/var'] = round(float((upd - ds).square().mean() / ds.square().mean()), 3)
+        out['upd/ds'] = round(float(upd.square().mean().sqrt() / ds.square().mean().sqrt()), 3)
         out['z_rms'] = round(float(z.square().mean().sqrt()), 4)
         out['r2'] = r2(z, ea[:, :-1, :2])
+    out['grad_z'] = grad_z(ev[:32], ea[:32])
     print(json.dumps(out), flush=True); model.train()
+
+
+def grad_z(e, a):
+    """‖∂L_e/∂z‖ per transition (rms over clips and steps): how much the frame error asks of z."""
+    with torch.enable_grad():
+        x = model.backbone(e); s = model.structure(x)
+        memory = [m[:, :-1] for m in model.content(x)]
+        z, _, _ = dyn.bottleneck(idm(s[:, 1:] - s[:, :-1], a))
+        z = z.detach().requires_grad_(True)
+        e_hat = model._decode(s[:, :-1] + dyn.fdm(s[:, :-1], z), e[:, 0], memory)
+        (g,) = torch.autograd.grad(F.mse_loss(e_hat, e[:, 1:]), z)
+    return float(g.norm(dim=-1).square().mean().sqrt())
 
 
 t0 = time.time(); model.train()
