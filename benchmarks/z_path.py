@@ -34,6 +34,7 @@ from torch import nn
 from dila_core.losses import anti_collapse, latent_norm, motion_mask, symmetry_loss
 from dila_core.model import DiLA
 from dila_core.presets import preset
+from pipeline.metrics import linear_probe
 from pipeline.split import split_episodes
 from pipeline.store import open_store
 from pipeline.windows import StepBatches, Windows, loader
@@ -113,14 +114,11 @@ perm = torch.randperm(len(ev), generator=torch.Generator().manual_seed(0))
 
 
 def r2(z, y):
-    z = z.reshape(-1, z.shape[-1]).double(); y = y.reshape(-1, y.shape[-1]).double()
-    h = len(z) // 2
-    mu, sd = z[:h].mean(0), z[:h].std(0) + 1e-8
-    zn = (z - mu) / sd
-    X = torch.cat([zn, torch.ones(len(z), 1, dtype=z.dtype)], 1)
-    W = torch.linalg.solve(X[:h].T @ X[:h] + 1.0 * torch.eye(X.shape[1], dtype=z.dtype), X[:h].T @ y[:h])
-    res = ((X[h:] @ W - y[h:]) ** 2).sum(0); tot = ((y[h:] - y[h:].mean(0)) ** 2).sum(0)
-    return [round(float(v), 3) for v in 1 - res / tot]
+    """Ridge-probe R² per target dimension, fitted on the first half of the clips, scored on the rest."""
+    half = len(z) // 2
+    flat = lambda a: a.reshape(-1, a.shape[-1]).numpy()
+    probe = linear_probe(flat(z[:half]), flat(y[:half]), flat(z[half:]), flat(y[half:]), alpha=1.0)
+    return [round(v, 3) for v in probe["r2_per_dim"]]
 
 
 def evaluate(k, t0):

@@ -185,7 +185,8 @@ def teacher_forced_section(ctx: Context) -> dict[str, Any]:
     e = ctx.clips["e"]                                                             # (N, T, h, w, D)
     truth = e[:, 1:]
     own = float(M.token_mse_per_step(batched(ctx.model.predict, e, dev=ctx.dev), truth).mean())
-    from_next, from_current = (batched(lambda c, k=k: ctx.model.readout(c)[k], e, dev=ctx.dev) for k in (0, 1))
+    pair = batched(lambda c: torch.stack(ctx.model.readout(c), dim=1), e, dev=ctx.dev)  # (N, 2, T-1, h, w, D)
+    from_next, from_current = pair[:, 0], pair[:, 1]
     readout = {"from_true_next_s": float(M.token_mse_per_step(from_next, truth).mean()),
                "from_current_s": float(M.token_mse_per_step(from_current, truth).mean())}
     readout["ratio"] = M.error_ratio(readout["from_current_s"], readout["from_true_next_s"])

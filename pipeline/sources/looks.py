@@ -80,7 +80,7 @@ def background_look(seed: int, background: int, contrast: float = 1.0) -> Look:
     rng = np.random.default_rng([seed, _BACKGROUND_STREAM, background])
     first = rng.uniform(50, 200, 3)
     second = np.clip(first + rng.uniform(-60, 60, 3), 0, 255)
-    if contrast != 1.0:
+    if contrast != 1.0:  # skipped at 1 so the default's colours stay bit-identical to earlier stores
         second = first + contrast * (second - first)
     colors = np.stack([first, second]).astype(np.float32)
     return Look(None, PATTERNS[background % len(PATTERNS)], colors, _waves(rng, 1.5, 5.0))
