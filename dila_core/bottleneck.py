@@ -18,7 +18,6 @@ ranks and the replacements are drawn once, so every rank keeps the same codebook
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from einops import rearrange
@@ -27,15 +26,13 @@ from torch import Tensor, nn
 from dila_core.collective import from_first_rank, gather, total
 from dila_core.config import check_choice, check_float, check_ints, require
 
-KINDS = ("continuous", "gaussian", "nsvq")
-
 
 @dataclass(frozen=True)
 class BottleneckConfig:
     """kind; d_z: latent action size; beta: KL weight (gaussian); codebook_size, code_dim,
     dead_after: codebook entries, size of one latent token, steps before a code is reset (nsvq)."""
 
-    kind: Literal["continuous", "gaussian", "nsvq"]
+    kind: str  # a key of BOTTLENECKS
     d_z: int
     beta: float = 1e-4
     codebook_size: int = 8
@@ -43,7 +40,7 @@ class BottleneckConfig:
     dead_after: int = 100
 
     def validate(self, where: str) -> None:
-        check_choice(self, where, "kind", KINDS)
+        check_choice(self, where, "kind", tuple(BOTTLENECKS))
         check_ints(self, where, "d_z codebook_size code_dim dead_after")
         check_float(self, where, "beta", 0.0)
         if self.kind == "nsvq":
@@ -149,6 +146,9 @@ class NSVQ(nn.Module):
         return r
 
 
+BOTTLENECKS: dict[str, type[nn.Module]] = {"continuous": Continuous, "gaussian": Gaussian, "nsvq": NSVQ}
+
+
 def build_bottleneck(cfg: BottleneckConfig) -> nn.Module:
     """The bottleneck module for cfg.kind."""
-    return {"continuous": Continuous, "gaussian": Gaussian, "nsvq": NSVQ}[cfg.kind](cfg)
+    return BOTTLENECKS[cfg.kind](cfg)

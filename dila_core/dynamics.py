@@ -16,7 +16,14 @@ from torch import Tensor, nn
 
 from dila_core.bottleneck import BottleneckConfig, build_bottleneck
 from dila_core.collective import gather
-from dila_core.losses import LossConfig, anti_collapse, latent_norm, latent_std, motion_mask, symmetry_loss
+from dila_core.losses import (
+    LossConfig,
+    anti_collapse,
+    latent_norm,
+    latent_std,
+    motion_mask,
+    symmetry_loss,
+)
 from dila_core.structure import FDM, IDM, FDMConfig, IDMConfig
 
 
@@ -85,6 +92,6 @@ class NoLatentAction(nn.Module):
 
     def _none(self, *args) -> Tensor:
         raise ValueError("model variant 'no_latent_action' has no latent actions: infer_actions, rollout, "
-                         "rollout_loss and transfer need variant 'dila' or 'no_content'")
+                         "phase2_objective and transfer need variant 'dila' or 'no_content'")
 
     infer = sample = predict = _none

@@ -19,7 +19,7 @@ ablation removes exactly this bottleneck: its decoder gets s_{t+1}.) The z_t of
 other transitions also carry information about their own frames, but each through
 the same bottleneck.
 
-Training (`forward`) is teacher-forced over a clip; `rollout_loss` is the phase-2
+Training (`forward`) is teacher-forced over a clip; `phase2_objective` is the phase-2
 objective (roll out from frame 0 with actions inferred from the true clip).
 Rollouts are autoregressive in structure space: ŝ is never re-encoded; the
 generated frame is re-encoded only to step the content memory. The inference
@@ -28,7 +28,6 @@ verbs keep the module's mode: call them under `model.eval()` and `torch.no_grad(
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +42,15 @@ from dila_core.layers import ResidualMLP, ResidualMLPConfig
 from dila_core.losses import LossConfig
 from dila_core.st_transformer import SpatioTemporalEncoder, STConfig
 from dila_core.structure import FDMConfig, IDMConfig
+from dila_core.world_model import (
+    FAMILIES,
+    PREDICTION_LOSS,
+    Capabilities,
+    Rollout,
+    capabilities,
+)
 
-VARIANTS = ("dila", "no_content", "no_latent_action")
+VARIANTS = FAMILIES["dila"].variants  # DiLA and its pathway ablations, named once in the registry
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class DiLAConfig:
     token_dim: int
     d_s: int
     d_c: int
-    variant: Literal["dila", "no_content", "no_latent_action"]
+    variant: str  # one of VARIANTS
     st: STConfig
     structure_encoder: ResidualMLPConfig
     content_encoder: ResidualMLPConfig
@@ -76,11 +82,6 @@ class DiLAConfig:
             getattr(self, name).validate(f"{where}.{name}" if where else name)
 
 
-class Rollout(NamedTuple):
-    e: Tensor  # (B, steps, h, w, D) generated tokens
-    s: Tensor  # (B, steps, h, w, d_s) predicted structure
-
-
 class DiLA(nn.Module):
     def __init__(self, cfg: DiLAConfig):
         super().__init__()
@@ -96,15 +97,23 @@ class DiLA(nn.Module):
         self.decoder = FusionDecoder(cfg.decoder, grid, cfg.d_s, cfg.token_dim,
                                      [cfg.token_dim, *self.content.context_dims])
 
-    # -- training ---------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:
+        return capabilities(self.cfg)
+
+    # -- training (the dila_core.world_model interface) -----------------------------------------
     def forward(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Teacher-forced objective on a clip e (B, T >= 2, h, w, D): (loss, logs of every term)."""
         e_next, loss, logs = self._teacher_forced(e)
         loss_e = F.mse_loss(e_next, e[:, 1:])
         loss = self.cfg.loss.lambda_e * loss_e + loss
-        return loss, {"loss": loss.detach(), "L_e": loss_e.detach(), **logs}
+        return loss, {"loss": loss.detach(), PREDICTION_LOSS: loss_e.detach(), **logs}
 
-    def rollout_loss(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def objective(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Phase 1: the teacher-forced objective (`forward`)."""
+        return self(e)
+
+    def phase2_objective(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Phase-2 objective: roll out from e_0 with actions inferred from the whole true clip,
         λ_e · MSE(rollout, e_{1:T}) plus the bottleneck's regulariser."""
         self._check(e, "e", 2)

@@ -38,29 +38,33 @@ def _params(path: Path, overrides: list[str] | None) -> Params:
 
 
 def _guard(fn, *args, **kwargs):
-    """Run a stage; expected failures become one clear line and exit status 1."""
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.encoder import EncoderUnavailable
-    from pipeline.sources import EpisodeError, SourceError
-    from pipeline.store import StoreError
+    """Run a stage; expected failures (bad params or data, a missing or stale input, a damaged
+    store or checkpoint) become one clear line and exit status 1. Anything else is a bug and keeps
+    its traceback."""
+    from pipeline.artifacts import MissingInput
+    from pipeline.data.encoder import EncoderUnavailable
+    from pipeline.data.sources import EpisodeError, SourceError
+    from pipeline.data.store import StoreError
+    from pipeline.training.checkpoint import CheckpointError
 
     try:
         return fn(*args, **kwargs)
     except (ParamsError, SourceError, EpisodeError, StoreError, EncoderUnavailable, CheckpointError,
-            FileNotFoundError) as e:
+            MissingInput) as e:
         _fail(str(e))
 
 
 @app.command()
 def prepare(name: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False):
     """List and check every episode of dataset NAME; write its manifest."""
+    from pipeline.artifacts import manifest_path
     from stages import prepare as stage
 
     p = _params(params, set_)
     manifest = _guard(stage.run, p, name, show_progress=not quiet)
     n = sum(e["frames"] for e in manifest["episodes"])
     out.print(f"prepare {name}: {len(manifest['episodes'])} episodes, {n} frames, "
-              f"{len(manifest['failures'])} skipped -> {stage.manifest_path(p, name)}")
+              f"{len(manifest['failures'])} skipped -> {manifest_path(p, name)}")
     for f in manifest["failures"]:
         err.print(f"[yellow]skipped[/] {f['origin']}: {f['reason']}", highlight=False, soft_wrap=True)
 
@@ -132,7 +136,7 @@ def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
 @app.command()
 def verify(store: Path, quiet: QuietOpt = False):
     """Check a feature store: schema, completeness, NaN/Inf, episode bookkeeping."""
-    from pipeline.inspect import verify as check
+    from pipeline.data.inspect import verify as check
 
     problems = check(store, show_progress=not quiet)
     for problem in problems:
@@ -145,7 +149,7 @@ def verify(store: Path, quiet: QuietOpt = False):
 @app.command()
 def info(store: Path):
     """Describe a feature store: sizes, layout, encoder, provenance."""
-    from pipeline.inspect import info as describe
+    from pipeline.data.inspect import info as describe
 
     summary = _guard(describe, store)
     table = Table(title=str(store), show_header=False)

@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from pipeline.config import ParamsError, build, check
-from pipeline.sources import REGISTRY, DatasetParams, params_class
+from pipeline.data.sources import REGISTRY, DatasetParams, params_class
 
 # DINOv2 patch size: input sizes must be multiples of it.
 PATCH = 14
@@ -111,10 +111,14 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class VariantParams:
-    """One trained model: DiLA or a pathway ablation, with a latent-action bottleneck."""
+    """One trained model: a registered model family (`dila_core.world_model.FAMILIES`), one of its
+    named variants, and a latent-action bottleneck (`dila_core.bottleneck.BOTTLENECKS`). The names
+    are checked against those registries when a model is built (`pipeline.training.runs`), so
+    the stages that never build one do not depend on the model code."""
 
-    variant: Literal["dila", "no_content", "no_latent_action"] = "dila"
-    bottleneck: Literal["continuous", "gaussian", "nsvq"] = "continuous"
+    family: str = "dila"
+    variant: str = "dila"
+    bottleneck: str = "continuous"
 
 
 @dataclass(frozen=True)

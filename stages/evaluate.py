@@ -11,7 +11,7 @@ episodes of `train.dataset`. Sections of `<paths.eval>/<variant>/metrics.json`:
   MSE of rollouts under the next clip's actions instead of their own (if it equals the
   true-z error, the model ignores z).
 - cycle_transfer: clip i's motion onto clip i+1's first frame and back onto clip i's
-  (`pipeline.metrics.cycle_transfer`); token MSE to clip i (baseline: its first frame
+  (`pipeline.evaluation.metrics.cycle_transfer`); token MSE to clip i (baseline: its first frame
   repeated), SSIM where the pixel decoder exists.
 - teacher_forced: phase 1's final validation L_e and its step, from the trainer's record.
 - probe.<dataset>: ridge probe z -> true actions (`evaluate.probe_alpha`), fit on the train
@@ -42,18 +42,19 @@ import numpy as np
 import torch
 import zarr
 
-from dila_core.model import DiLA
-from pipeline import metrics as M
+from pipeline import artifacts
 from pipeline.config import to_dict
-from pipeline.encoder import EncoderUnavailable, FrozenEncoder, load_encoder
-from pipeline.lpips import frame_lpips
+from pipeline.data.encoder import EncoderUnavailable, FrozenEncoder, load_encoder
+from pipeline.data.sources import build_source
+from pipeline.data.sources.synthetic import MOTIONS, Appearance, Motion
+from pipeline.data.windows import Windows, normalize
+from pipeline.evaluation import metrics as M
+from pipeline.evaluation.clips import batched, pick, stack
+from pipeline.evaluation.lpips import frame_lpips
+from pipeline.evaluation.pixels import load_decoder
 from pipeline.params import EncoderParams, Params
-from pipeline.sources import build_source
-from pipeline.sources.synthetic import MOTIONS, Appearance, Motion
-from pipeline.windows import Windows
-from stages.rollout import (batched, device, final_phase, has_latent_actions, load_decoder, load_model, normalize,
-                            pick, rollout_store, split_windows, stack)
-from stages.train import final_record
+from pipeline.training.distributed import device
+from pipeline.training.runs import load_final_model, open_windows
 
 FORMAT = "dila-metrics/1"
 
@@ -62,19 +63,11 @@ class Unavailable(Exception):
     """A metric that cannot be computed here; the message says why."""
 
 
-def metrics_path(params: Params, variant: str) -> Path:
-    return Path(params.paths.eval) / variant / "metrics.json"
-
-
-def latents_path(params: Params, variant: str) -> Path:
-    return Path(params.paths.eval) / variant / "latents.npz"
-
-
 @dataclass
 class Context:
     params: Params
     variant: str
-    model: DiLA
+    model: torch.nn.Module                            # a dila_core.world_model family
     dev: torch.device
     mean: np.ndarray                                  # (D,) store stats of train.dataset
     std: np.ndarray
@@ -84,8 +77,8 @@ class Context:
     unavailable: dict[str, str]
 
     def require_latents(self, what: str) -> None:
-        if not has_latent_actions(self.model):
-            raise Unavailable(f"variant {self.variant!r} ({self.model.cfg.variant}) has no latent actions for {what}")
+        if not self.model.capabilities.latent_actions:
+            raise Unavailable(f"variant {self.variant!r} has no latent actions for {what}")
 
 
 def _mean_steps(values: np.ndarray, prefix: str) -> dict[str, Any]:
@@ -112,16 +105,16 @@ def pixel_scores(ctx: Context, section: str, pred: np.ndarray, truth: np.ndarray
 
 def rollout_section(ctx: Context) -> dict[str, Any]:
     p, r = ctx.params, ctx.params.rollout
-    path = rollout_store(p, ctx.variant)
+    path = artifacts.rollout_store(p, ctx.variant)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no rollouts for variant {ctx.variant!r}; "
+        raise artifacts.MissingInput(f"{path}: no rollouts for variant {ctx.variant!r}; "
                                 f"run `dila rollout {ctx.variant}` first")
     group = zarr.open_group(path, mode="r")
     attrs = group.attrs["dila_rollout"]
     made = (attrs["context"], attrs["horizon"], attrs["frame_skip"], attrs["dataset"])
     want = (r.context, r.horizon, p.train.frame_skip, p.train.dataset)
     if made != want:
-        raise ValueError(f"{path}: rollouts made with (context, horizon, frame_skip, dataset) = {made}, params say "
+        raise artifacts.MissingInput(f"{path}: rollouts made with (context, horizon, frame_skip, dataset) = {made}, params say "
                          f"{want}; run `dila rollout {ctx.variant}` again")
     if "predicted" not in group:
         raise Unavailable(attrs["predicted"])
@@ -135,7 +128,7 @@ def rollout_section(ctx: Context) -> dict[str, Any]:
                 **_mean_steps(M.cosine_per_step(base, future), "cosine")}
     out.update(pixel_scores(ctx, "rollout", pred, future))
     baseline.update(pixel_scores(ctx, "rollout.baseline", base, future))
-    if has_latent_actions(ctx.model):
+    if ctx.model.capabilities.latent_actions:
         out["other_z"] = _mean_steps(M.token_mse_per_step(_other_z_rollouts(ctx, truth), future), "token_mse")
         out["z_usage"] = M.error_ratio(out["other_z"]["token_mse"], out["token_mse"])
     else:
@@ -175,7 +168,7 @@ def cycle_section(ctx: Context) -> dict[str, Any]:
 
 
 def teacher_forced_section(ctx: Context) -> dict[str, Any]:
-    path = final_record(ctx.params, ctx.variant, "train")
+    path = artifacts.final_record(ctx.params, ctx.variant, "train")
     if not path.is_file():
         raise Unavailable(f"no phase-1 record at {path} (run `dila train {ctx.variant}`)")
     record = json.loads(path.read_text())
@@ -233,7 +226,7 @@ def latents(ctx: Context, name: str, windows: Windows, chunk: int = 64) -> Laten
 
 def probe_section(ctx: Context, name: str, cache: dict[str, Latents]) -> dict[str, Any]:
     ctx.require_latents("a probe")
-    train, val = split_windows(ctx.params, name, ctx.params.train.seq_len)
+    train, val = open_windows(ctx.params, name)
     cfg = ctx.model.cfg
     probe_targets(name, ctx.params, stack(train, np.arange(1)))                    # Unavailable without actions
     if (train.grid, train.dim) != (tuple(cfg.grid), cfg.token_dim):
@@ -348,15 +341,15 @@ def _section(out: dict[str, Any], key: str, fn: Callable[[], dict[str, Any]], un
 
 def _latents_file(ctx: Context, cache: dict[str, Latents]) -> None:
     """z of train.dataset's validation clips with their motion families, for the manifold plot."""
-    path = latents_path(ctx.params, ctx.variant)
+    path = artifacts.latents_path(ctx.params, ctx.variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     name = ctx.params.train.dataset
     names = np.array(MOTIONS if ctx.params.dataset(name).kind == "synthetic" else (), dtype=str)
-    if not has_latent_actions(ctx.model):                                          # an empty file: no z to plot
+    if not ctx.model.capabilities.latent_actions:                                          # an empty file: no z to plot
         np.savez(path, z=np.zeros((0, 0), np.float32), family=np.zeros(0, np.int32), families=names)
         return
     if name not in cache:
-        cache[name] = latents(ctx, name, split_windows(ctx.params, name, ctx.params.train.seq_len)[1])
+        cache[name] = latents(ctx, name, open_windows(ctx.params, name)[1])
     np.savez(path, z=cache[name].z.astype(np.float32), family=cache[name].family, families=names)
 
 
@@ -364,9 +357,8 @@ def run(params: Params, variant: str) -> Path:
     """Evaluate `variant`'s final model; writes metrics.json (and latents.npz) and returns its path."""
     torch.manual_seed(params.seed)
     dev = device()
-    _, val = split_windows(params, params.train.dataset, params.train.seq_len)
-    phase = final_phase(params, variant)
-    model, step, weights = load_model(params, variant, phase, val, dev)
+    _, val = open_windows(params)
+    model, phase, step, weights = load_final_model(params, variant, val, dev)
     clips = stack(val, pick(val, tile=False, limit=params.rollout.episodes))
     decode, why = load_decoder(params, val.attrs.get("plan_sha256"), dev)
     ctx = Context(params, variant, model, dev, val.mean.numpy(), val.std.numpy(), clips, decode, why, {})
@@ -390,7 +382,7 @@ def run(params: Params, variant: str) -> Path:
     _section(out, "ground_truth", lambda: ground_truth_section(ctx, val.attrs), gone)
     _latents_file(ctx, cache)
     out["unavailable"] = dict(sorted(ctx.unavailable.items()))
-    path = metrics_path(params, variant)
+    path = artifacts.metrics_path(params, variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
     return path

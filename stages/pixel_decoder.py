@@ -3,15 +3,15 @@
 Pairs are (tokens of stored frame i, frame i re-read from the source through the
 manifest and resized to `pixel_decoder.size`, bicubic with antialiasing). Tokens are
 normalized with the store's statistics exactly as the world model sees them,
-(tokens - mean) / (std + NORM_EPS), so the decoder also renders predicted tokens.
-Training uses the train episodes of the seeded split (`pipeline.split`), MSE, AdamW,
+(tokens - mean) / (std + EPS) (`pipeline.data.windows.normalize`), so the decoder also renders predicted tokens.
+Training uses the train episodes of the seeded split (`pipeline.data.split`), MSE, AdamW,
 gradient clipping and the configured schedule (stepped every step). Validation reports
 MSE and PSNR on held-out episodes, beside the PSNR of always answering the mean
 training frame.
 
 Outputs, under `<paths.models>/pixel_decoder/`:
 - `model.safetensors`: weights; metadata holds the decoder config, the step, the store's
-  encoder record and plan hash and NORM_EPS; rewritten every `checkpoint_every` steps;
+  encoder record and plan hash and EPS (`pipeline.training.checkpoint`); rewritten every `checkpoint_every` steps;
 - `metrics.json`: validation MSE/PSNR, the baseline, steps, time, encoder record;
 - `samples.png`: held-out frames (top row) above their decoded tokens (bottom row).
 """
@@ -29,38 +29,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import image as mpimg
-from safetensors import safe_open
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
-from pipeline import safefile, store
-from pipeline.checkpoint import CheckpointError, load_weights
-from pipeline.config import build, to_dict
+from pipeline import artifacts
+from pipeline.data import store
+from pipeline.data.frames import ShardFrames
+from pipeline.data.sources import SourceError, build_source
+from pipeline.data.split import split_frames
+from pipeline.data.windows import EPS, normalize
+from pipeline.evaluation.pixels import decode_tokens
 from pipeline.params import Params, PixelDecoderParams
 from pipeline.progress import track
-from pipeline.sources import SourceError, build_source
-from pipeline.split import episode_bounds, split_episodes
-from pipeline.trainer import build_optimizer
-from pipeline.windows import EPS
-from stages.extract import ShardFrames, store_path
-from stages.prepare import read_manifest
+from pipeline.training.checkpoint import save_checkpoint
+from pipeline.training.distributed import device as pick_device
+from pipeline.training.trainer import build_optimizer
 
-FORMAT = "dila-pixel-decoder/1"
-NORM_EPS = EPS             # as the world model reads tokens: (tokens - mean) / (std + EPS)
 TOKEN_MEMORY = 2 * 2**30   # a store's tokens up to this many bytes are read into memory once
 EVAL_FRAMES = 1024         # validation (and the train-fit report) use at most this many frames
 SAMPLES = 8                # frames shown in samples.png
-
-
-def output_dir(params: Params) -> Path:
-    return Path(params.paths.models) / "pixel_decoder"
-
-
-def normalize_tokens(tokens: np.ndarray | Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Store tokens (..., D) -> float32 (tokens - mean) / (std + NORM_EPS) (a new tensor)."""
-    x = torch.as_tensor(tokens).to(dtype=torch.float32)
-    return (x - mean.to(x.device)) / (std.to(x.device) + NORM_EPS)
 
 
 class TokenRows:
@@ -89,14 +77,14 @@ class Pairs:
 
     def batch(self, idx: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
         """Normalized tokens (B, h, w, D) and target frames (B, 3, S, S) in [0, 1], float32."""
-        x = normalize_tokens(self.tokens(idx), self.mean, self.std).to(device)
+        x = normalize(torch.from_numpy(self.tokens(idx)), self.mean, self.std).to(device)
         y = torch.from_numpy(self.frames[idx]).to(device, torch.float32) / 255.0
         return x, y
 
 
 def _check_store(params: Params, name: str, attrs: dict[str, Any], ends: np.ndarray,
                  manifest: dict[str, Any]) -> None:
-    path = store_path(params, name)
+    path = artifacts.store_path(params, name)
     if not attrs.get("complete"):
         raise store.StoreError(f"{path}: the store is incomplete; run `dila extract {name}` first")
     frames = np.cumsum([e["frames"] for e in manifest["episodes"]])
@@ -113,7 +101,7 @@ def _check_store(params: Params, name: str, attrs: dict[str, Any], ends: np.ndar
 def read_frames(params: Params, name: str, manifest: dict[str, Any], attrs: dict[str, Any],
                 size: int, show: bool) -> np.ndarray:
     """Every stored frame, re-read from the source and resized: (F, 3, size, size) uint8."""
-    layout = store.Layout(**{**attrs["layout"], "grid": tuple(attrs["layout"]["grid"])})
+    layout = store.layout_of(attrs)
     shards = ShardFrames(params.dataset(name), manifest, layout, size)
     workers = params.decode.workers
     loader = DataLoader(shards, batch_size=None, num_workers=workers, collate_fn=_pixels,
@@ -135,22 +123,15 @@ def _one_thread(_: int) -> None:
 
 def load_pairs(params: Params, name: str, show: bool = False) -> tuple[Pairs, np.ndarray, dict[str, Any]]:
     """The (token, frame) pairs of dataset `name`, its episode_ends (E,) and the store's attributes."""
-    root = store.open_store(store_path(params, name))
+    root = store.open_store(artifacts.store_path(params, name))
     attrs = store.store_attrs(root)
     ends = root["episode_ends"][:]
-    manifest = read_manifest(params, name)
+    manifest = artifacts.read_manifest(params, name)
     _check_store(params, name, attrs, ends, manifest)
-    store.require_intact(store_path(params, name))  # a damaged shard: a clear error now, not a failed read later
+    store.require_intact(artifacts.store_path(params, name))  # a damaged shard: a clear error now, not a failed read later
     frames = read_frames(params, name, manifest, attrs, params.pixel_decoder.size, show)
     stats = [torch.from_numpy(root[f"stats/{s}"][:].astype(np.float32)) for s in ("mean", "std")]
     return Pairs(TokenRows(root["tokens"]), frames, *stats), ends, attrs
-
-
-def split_frames(ends: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frame indices of the train episodes and of the validation episodes."""
-    bounds = episode_bounds(ends)                                 # (E, 2)
-    train, val = split_episodes(len(bounds), val_fraction, seed)
-    return tuple(np.concatenate([np.arange(*bounds[e]) for e in eps]) for eps in (train, val))
 
 
 def spread(idx: np.ndarray, n: int) -> np.ndarray:
@@ -199,18 +180,6 @@ def train(model: PixelDecoder, pairs: Pairs, idx: np.ndarray, pd: PixelDecoderPa
             "lr_last": schedule.get_last_lr()[0]}
 
 
-def decode_tokens(decoder: PixelDecoder, e: Tensor, chunk: int = 256) -> Tensor:
-    """Normalized tokens (..., h, w, D) -> frames (..., 3, S, S) in [0, 1], float32, on e's device."""
-    device = next(decoder.parameters()).device
-    flat = e.reshape(-1, *e.shape[-3:])                             # (N, h, w, D)
-    with torch.no_grad():
-        out = [decoder(flat[i:i + chunk].to(device, torch.float32)).to(e.device)
-               for i in range(0, len(flat), chunk)]
-    size = decoder.cfg.size
-    frames = torch.cat(out) if out else torch.empty(0, 3, size, size, device=e.device)
-    return frames.reshape(*e.shape[:-3], 3, size, size)
-
-
 def frame_errors(decoder: PixelDecoder, pairs: Pairs, idx: np.ndarray, chunk: int = 128) -> np.ndarray:
     """Per-frame MSE (len(idx),) of the decoded tokens of frames idx against the frames."""
     device = next(decoder.parameters()).device
@@ -233,38 +202,6 @@ def mean_frame_errors(pairs: Pairs, train_idx: np.ndarray, idx: np.ndarray) -> n
     return np.stack([np.square(pairs.frames[i] / 255.0 - mean).mean() for i in idx])
 
 
-def save_pixel_decoder(path: Path, model: PixelDecoder, step: int, meta: dict[str, Any]) -> Path:
-    """Weights, config, step and `meta` (JSON-able) in one safetensors file, written atomically (the same
-    weights give the same bytes)."""
-    tensors = {k: t.detach().to("cpu").contiguous() for k, t in model.state_dict().items()}
-    metadata = {"format": FORMAT, "config": json.dumps(to_dict(model.cfg), sort_keys=True), "step": str(step),
-                "meta": json.dumps(meta, sort_keys=True)}
-    return safefile.save(path, tensors, metadata)
-
-
-def load_pixel_decoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[PixelDecoder, dict[str, Any]]:
-    """Rebuild the decoder from its file and load the weights strictly: (decoder in eval mode, meta).
-
-    meta holds config, step, and what the training run recorded (encoder, dataset, norm_eps, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such pixel decoder file (run `dila pixel-decoder` first)")
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a pixel decoder (metadata format = {metadata.get('format')!r}, "
-                              f"expected {FORMAT!r})")
-    try:
-        cfg = build(PixelDecoderConfig, json.loads(metadata["config"]), "config")
-        meta = {**json.loads(metadata["meta"]), "config": cfg, "step": int(metadata["step"])}
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: bad pixel decoder metadata: {err}") from err
-    model = PixelDecoder(cfg).to(device)
-    load_weights(model, tensors, path)
-    return model.eval(), meta
-
-
 def save_samples(path: Path, decoder: PixelDecoder, pairs: Pairs, idx: np.ndarray) -> None:
     """A PNG with frames idx on the top row and their decoded tokens below."""
     device = next(decoder.parameters()).device
@@ -280,16 +217,16 @@ def run(params: Params, show_progress: bool = True) -> Path:
     pairs, ends, attrs = load_pairs(params, name, show_progress)
     train_idx, val_idx = split_frames(ends, params.train.val_fraction, params.seed)
     _, h, w, dim = pairs.tokens.shape
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
         model = PixelDecoder(decoder_config(pd, (h, w), dim)).to(device)
-    out = output_dir(params)
+    out = artifacts.pixel_decoder_dir(params)
     meta = {"dataset": name, "encoder": attrs["encoder"], "store_plan_sha256": attrs.get("plan_sha256"),
-            "norm_eps": NORM_EPS}
-    path = out / "model.safetensors"
+            "norm_eps": EPS}
+    path = artifacts.pixel_decoder_weights(params)
     fit = train(model, pairs, train_idx, pd, params.seed,
-                lambda step: save_pixel_decoder(path, model, step, meta), show_progress)
+                lambda step: save_checkpoint(path, model, step, meta), show_progress)
     model.eval()
     val_eval = spread(val_idx, EVAL_FRAMES)
     val = quality(frame_errors(model, pairs, val_eval))

@@ -22,17 +22,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import MANIFEST_FORMAT, manifest_path
 from pipeline.config import ParamsError, to_dict
+from pipeline.data.sources import (
+    DatasetParams,
+    EpisodeError,
+    EpisodeRef,
+    SourceError,
+    build_source,
+)
 from pipeline.params import Params
 from pipeline.progress import track
-from pipeline.sources import DatasetParams, EpisodeError, EpisodeRef, SourceError, build_source
-
-MANIFEST_FORMAT = "dila-manifest/1"
-
-
-def manifest_path(params: Params, name: str) -> Path:
-    return Path(params.paths.prepared) / f"{name}.json"
-
 
 SHOWN_FAILURES = 20  # reasons listed in the error when no episode can be read (the manifest lists all)
 
@@ -113,22 +113,4 @@ def run(params: Params, name: str, show_progress: bool = True) -> dict[str, Any]
     os.replace(tmp, path)
     if not episodes:
         raise _no_episodes(name, ds, failures, path)
-    return manifest
-
-
-def read_manifest(params: Params, name: str) -> dict[str, Any]:
-    """The manifest `prepare` wrote for dataset `name`; a clear error when it is missing or stale."""
-    path = manifest_path(params, name)
-    if not path.is_file():
-        raise SourceError(f"{path}: no manifest for dataset {name!r}; run `dila prepare {name}` first")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise SourceError(f"{path}: not a dila manifest (format {manifest.get('format')!r})")
-    if manifest["source"]["params"] != to_dict(params.dataset(name)):
-        raise SourceError(
-            f"{path}: written for other settings of datasets.{name}; run `dila prepare {name}` again"
-        )
-    if not manifest["episodes"]:
-        raise SourceError(f"{path}: none of the episodes of dataset {name!r} could be read (the manifest lists each "
-                          f"with its reason); fix the data or datasets.{name} and run `dila prepare {name}` again")
     return manifest

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import report
+from pipeline.artifacts import MissingInput, latents_path, metrics_path, report_dir
+from pipeline.evaluation import report
 from pipeline.params import Params
-from stages.evaluate import latents_path, metrics_path
 
 
 def run(params: Params) -> Path:
@@ -18,11 +18,11 @@ def run(params: Params) -> Path:
     for variant in params.variants:
         path = metrics_path(params, variant)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no metrics for variant {variant!r}; run `dila evaluate {variant}` first")
+            raise MissingInput(f"{path}: no metrics for variant {variant!r}; run `dila evaluate {variant}` first")
         metrics[variant] = json.loads(path.read_text())
         lat = latents_path(params, variant)
         if lat.is_file():
             with np.load(lat) as f:
                 found[variant] = {k: f[k] for k in f.files}
     pusht = next((n for n in params.evaluate.probe_datasets if params.dataset(n).kind == "pusht_zarr"), None)
-    return report.write_report(Path(params.paths.report), metrics, found, pusht)
+    return report.write_report(report_dir(params), metrics, found, pusht)

@@ -3,6 +3,7 @@ and a local-directory remote round-trips one dataset's features into a fresh clo
 from __future__ import annotations
 
 import filecmp
+import re
 import shutil
 import subprocess
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.params import apply_overrides, read_yaml
-from pipeline.provenance import EXTRACT_CODE
+from pipeline.provenance import stage_code
 from tests.conftest import ROOT, SHARED, TINY_STAGE_TWO, requires_shared, tiny_overrides
 from tests.stages.helpers import cli_env
 
@@ -24,15 +25,61 @@ def sh(*args, cwd, timeout=900, threads=1):
     return proc.stdout + proc.stderr
 
 
-def test_extract_stage_code_deps_match_the_plan_hash():
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["extract"]["do"]
-    code = [d for d in stage["deps"] if not d.startswith("${")]
-    assert sorted(code) == sorted(EXTRACT_CODE)
+def code_deps(stage: dict) -> list[str]:
+    return [d for d in stage.get("deps", []) if "${" not in d]
+
+
+def dvc_stages(dvc: dict) -> dict[str, dict]:
+    """Each stage of dvc.yaml (a foreach's `do` body) by name."""
+    return {name: body.get("do", body) for name, body in dvc["stages"].items()}
+
+
+def missing_code_deps(dvc: dict) -> dict[str, list[str]]:
+    """Per stage: the project files its module `stages.<name>` runs (`stage_code`) that none of its
+    dvc.yaml deps covers (the file itself or a folder above it)."""
+    missing = {}
+    for name, stage in dvc_stages(dvc).items():
+        deps = code_deps(stage)
+        files = [f for f in stage_code(f"stages.{name}") if not f.endswith("__init__.py")]
+        gone = [f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+        if gone:
+            missing[name] = gone
+    return missing
+
+
+def stale_code_deps(dvc: dict) -> dict[str, list[str]]:
+    """Per stage: code deps that cover nothing its module runs (missing paths included)."""
+    stale = {}
+    for name, stage in dvc_stages(dvc).items():
+        files = stage_code(f"stages.{name}")
+        extra = [d for d in code_deps(stage) if not any(f == d or f.startswith(d + "/") for f in files)]
+        if extra:
+            stale[name] = extra
+    return stale
+
+
+def test_every_stage_lists_exactly_the_code_it_runs():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    modules = {p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__"}
+    assert set(dvc_stages(dvc)) == modules  # one stage module per DVC stage
+    assert missing_code_deps(dvc) == {}
+    assert stale_code_deps(dvc) == {}
+
+
+@pytest.mark.parametrize("stage, dep", [("pixel_decoder", "pipeline/training/trainer.py"),
+                                        ("evaluate", "pipeline/evaluation/lpips.py"),
+                                        ("train", "dila_core"), ("extract", "pipeline/data/sources")])
+def test_the_deps_check_fails_when_a_dep_is_removed(stage, dep):
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    body = dvc_stages(dvc)[stage]
+    body["deps"] = [d for d in body["deps"] if d != dep]
+    missing = missing_code_deps(dvc)[stage]
+    assert missing and all(f == dep or f.startswith(dep + "/") for f in missing)
 
 
 def test_every_dvc_path_comes_from_params():
     text = (ROOT / "dvc.yaml").read_text()
-    assert "data/" not in text  # paths live in params.yaml only
+    assert not re.search(r"(?<![\w/])data/", text)  # data paths live in params.yaml only
     params = read_yaml(ROOT / "params.yaml")
     assert {"prepared", "features"} <= set(params["paths"])
 
@@ -72,7 +119,7 @@ def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
     # a "no_latent_action" variant joins every foreach by its params entry alone.
     pusht = link_shared(tmp_path)
     probe = "[synthetic, pusht]" if pusht else "[synthetic]"
-    datasets = [] if pusht else ["datasets={synthetic: {kind: synthetic, path: pipeline/sources/synthetic.py, "
+    datasets = [] if pusht else ["datasets={synthetic: {kind: synthetic, path: pipeline/data/sources/synthetic.py, "
                                  "episodes: 6, frames: 10, size: 32}}"]
     repo = make_repo(tmp_path, f"evaluate.probe_datasets={probe}", *datasets,
                      "variants.no_action={variant: no_latent_action, bottleneck: continuous}")

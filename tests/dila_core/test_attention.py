@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from dila_core.attention import Attention, Rotary, SpatialBias, rotate, space_attention, time_attention
+from dila_core.attention import (
+    Attention,
+    Rotary,
+    SpatialBias,
+    rotate,
+    space_attention,
+    time_attention,
+)
 
 # Axes: B batch, T time, N tokens per frame, D width, H heads, d head size.
 

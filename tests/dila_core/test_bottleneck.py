@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from dila_core.bottleneck import NSVQ, BottleneckConfig, Continuous, Gaussian, build_bottleneck, code_statistics
+from dila_core.bottleneck import (
+    NSVQ,
+    BottleneckConfig,
+    Continuous,
+    Gaussian,
+    build_bottleneck,
+    code_statistics,
+)
 from dila_core.model import DiLA
 from dila_core.presets import preset
 

@@ -3,7 +3,13 @@ import copy
 import pytest
 import torch
 
-from dila_core.content import ContentMemory, ContentPathway, MemoryConfig, NoContent, scan
+from dila_core.content import (
+    ContentMemory,
+    ContentPathway,
+    MemoryConfig,
+    NoContent,
+    scan,
+)
 from dila_core.layers import ResidualMLPConfig
 
 # Axes: B batch, T time, h x w grid, d_c content size, W ST-Transformer width.

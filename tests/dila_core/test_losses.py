@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from dila_core.losses import LossConfig, anti_collapse, latent_norm, latent_std, motion_mask, symmetry_loss
+from dila_core.losses import (
+    LossConfig,
+    anti_collapse,
+    latent_norm,
+    latent_std,
+    motion_mask,
+    symmetry_loss,
+)
 from dila_core.model import DiLA
 from dila_core.presets import preset
 

@@ -5,8 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dila_core.mamba import (HAS_FUSED_SCAN, Mamba, MambaConfig, MambaState, scan_for,
-                             selective_scan)
+from dila_core.mamba import (
+    HAS_FUSED_SCAN,
+    Mamba,
+    MambaConfig,
+    MambaState,
+    scan_for,
+    selective_scan,
+)
 
 # Axes: B batch, L time, D d_model, E d_inner, N d_state.
 

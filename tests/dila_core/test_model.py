@@ -69,10 +69,10 @@ def test_gradients_reach_every_trainable_parameter(variant, bottleneck):
     assert missing == []
 
 
-def test_rollout_loss_gradients_reach_every_trainable_parameter():
+def test_phase2_objective_gradients_reach_every_trainable_parameter():
     model = tiny()
     unzero(model)
-    loss, logs = model.rollout_loss(clip(model))
+    loss, logs = model.phase2_objective(clip(model))
     loss.backward()
     # the rollout uses neither the symmetry nor the consistency terms, so every module is reached via L_e
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
@@ -121,12 +121,12 @@ def test_rollout_prefixes_agree_and_one_action_is_repeated():
         model.rollout(e[:, :2], z[:, :2], 3)
 
 
-def test_rollout_loss_is_the_rollout_error_under_inferred_actions():
+def test_phase2_objective_is_the_rollout_error_under_inferred_actions():
     model = tiny()
     unzero(model)
     model.eval()
     e = clip(model)
-    loss, logs = model.rollout_loss(e)
+    loss, logs = model.phase2_objective(e)
     out = model.rollout(e[:, :1], model.infer_actions(e), 3).e
     want = F.mse_loss(out, e[:, 1:])
     torch.testing.assert_close(logs["L_e_rollout"], want, rtol=1e-5, atol=1e-6)
@@ -190,7 +190,7 @@ def test_isolate_motion_freezes_structure_at_the_first_frame():
 def test_no_latent_action_variant_has_no_actions():
     model = tiny("no_latent_action")
     e = clip(model)
-    for call in (lambda: model.infer_actions(e), lambda: model.rollout_loss(e),
+    for call in (lambda: model.infer_actions(e), lambda: model.phase2_objective(e),
                  lambda: model.rollout(e[:, :1], torch.randn(2, 3, 16), 3), lambda: model.transfer(e, e)):
         with pytest.raises(ValueError, match="has no latent actions"):
             call()
@@ -209,7 +209,7 @@ def test_inputs_are_not_mutated():
     e, z = clip(model), torch.randn(2, 3, model.cfg.bottleneck.d_z)
     e_kept, z_kept = e.clone(), z.clone()
     model(e)[0].backward()
-    model.rollout_loss(e)[0].backward()
+    model.phase2_objective(e)[0].backward()
     model.eval()
     for call in (lambda: model.predict(e), lambda: model.rollout(e[:, :2], z, 3), lambda: model.transfer(e, e),
                  lambda: model.rebind(e, e), lambda: model.isolate_motion(e), lambda: model.infer_actions(e)):

@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from dila_core.layers import CausalPEG, Sublayer
-from dila_core.st_transformer import SpatioTemporalEncoder, STBlock, STConfig, STTransformer
+from dila_core.st_transformer import (
+    SpatioTemporalEncoder,
+    STBlock,
+    STConfig,
+    STTransformer,
+)
 
 # Axes: B batch, T time, h x w grid, N = h*w tokens, D token width, W model width.
 

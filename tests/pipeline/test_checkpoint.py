@@ -6,9 +6,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dila_core.model import DiLA, DiLAConfig
+from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from dila_core.presets import preset
-from pipeline.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_weights, read_metadata, save_checkpoint
 from pipeline.config import build, to_dict
+from pipeline.training.checkpoint import (
+    FORMAT,
+    PIXEL_DECODER,
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    load_with_meta,
+    read_metadata,
+    save_checkpoint,
+)
 
 
 def trained_tiny(bottleneck: str = "nsvq") -> DiLA:
@@ -37,7 +47,7 @@ def test_round_trip_is_exact(tmp_path, bottleneck):
     loaded.eval()
     e = torch.randn(1, 3, 4, 4, 32)
     torch.testing.assert_close(loaded.predict(e), model.predict(e), rtol=0, atol=0)
-    assert read_metadata(path) == (model.cfg, 1234)
+    assert read_metadata(path) == (model.cfg, 1234, {})
     assert not (tmp_path / "models" / "dila.safetensors.tmp").exists()
 
 
@@ -46,7 +56,7 @@ def test_metadata_holds_config_json_and_step(tmp_path):
     path = save_checkpoint(tmp_path / "a.safetensors", model, step=7)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    assert meta["format"] == FORMAT and meta["step"] == "7"
+    assert meta["format"] == FORMAT and meta["step"] == "7" and meta["family"] == "dila" and meta["meta"] == "{}"
     assert json.loads(meta["config"]) == to_dict(model.cfg)
     assert json.loads(meta["config"])["decoder"]["fusion"] == "parallel"
 
@@ -90,7 +100,7 @@ def test_bad_files_and_metadata_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"junk\.safetensors: not a readable safetensors file"):
         load_checkpoint(tmp_path / "junk.safetensors")
     foreign = rewrite(path, tmp_path / "foreign.safetensors", edit_meta=lambda m: {"format": "other"})
-    with pytest.raises(CheckpointError, match=r"foreign\.safetensors: not a DiLA checkpoint"):
+    with pytest.raises(CheckpointError, match=r"foreign\.safetensors: not a dila checkpoint"):
         load_checkpoint(foreign)
 
     def bad_config(meta):
@@ -117,3 +127,18 @@ def test_the_same_weights_give_the_same_bytes(tmp_path):
     files = [save_checkpoint(tmp_path / f"{i}.safetensors", model, step=3).read_bytes() for i in range(5)]
     assert len(set(files)) == 1
     assert save_checkpoint(tmp_path / "other.safetensors", model, step=4).read_bytes() != files[0]
+
+
+def test_every_model_kind_shares_the_format_and_a_family_mismatch_is_an_error(tmp_path):
+    torch.manual_seed(0)
+    decoder = PixelDecoder(PixelDecoderConfig(in_dim=32, grid=(4, 4), size=8, width=8))
+    path = save_checkpoint(tmp_path / "pd.safetensors", decoder, step=3, meta={"store_plan_sha256": "abc"})
+    loaded, step, meta = load_with_meta(path, family=PIXEL_DECODER)
+    assert isinstance(loaded, PixelDecoder) and step == 3 and meta == {"store_plan_sha256": "abc"}
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), decoder.state_dict().values(),
+                                                  strict=True))
+    with pytest.raises(CheckpointError, match=r"pd\.safetensors: holds a 'pixel_decoder' model, expected 'dila'"):
+        load_checkpoint(path, family="dila")
+    unknown = rewrite(path, tmp_path / "unknown.safetensors", edit_meta=lambda m: {**m, "family": "nope"})
+    with pytest.raises(CheckpointError, match=r"unknown\.safetensors: bad checkpoint metadata: unknown model family"):
+        load_checkpoint(unknown)

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.encoder import IMAGENET_MEAN, IMAGENET_STD, EncoderUnavailable, builtin_config, load_encoder, resize_frames
+from pipeline.data.encoder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncoderUnavailable,
+    builtin_config,
+    load_encoder,
+    resize_frames,
+)
 from pipeline.params import EncoderParams
 
 RANDOM = EncoderParams(weights="random", input_size=28, batch_size=4)
@@ -80,7 +87,10 @@ def test_random_init_is_seeded_and_batching_does_not_change_tokens():
     np.testing.assert_array_equal(ta, b.encode_frames(x))
     assert not np.allclose(ta, c.encode_frames(x))
     per_frame = np.concatenate([a.encode_frames(x[i : i + 1]) for i in range(6)])
-    np.testing.assert_array_equal(ta, per_frame)
+    # Not bitwise: on AVX-512 CPUs the GEMM kernels depend on the batch size and round the last
+    # bits differently (measured: at most 2.6e-6 here). Extraction never relies on it: its batches
+    # are formed inside each shard, so the same frames are always encoded in the same batches.
+    np.testing.assert_allclose(ta, per_frame, rtol=0, atol=1e-5)
 
 
 def test_resize_is_bicubic_to_the_input_size_and_keeps_range():

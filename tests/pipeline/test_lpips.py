@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from pipeline.lpips import frame_lpips, load_lpips
+from pipeline.evaluation.lpips import frame_lpips, load_lpips
 
 
 def fake_lpips(monkeypatch, tmp_path, with_linear_weights: bool) -> None:

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics as M
+from pipeline.evaluation import metrics as M
 
 
 def steps(values, shape=(2, 3, 2)):

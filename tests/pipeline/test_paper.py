@@ -1,5 +1,5 @@
 """The comparison with the paper: row mapping, orderings and verdicts, the Markdown it writes."""
-from pipeline import paper
+from pipeline.evaluation import paper
 
 
 def metrics(variant: str, bottleneck: str, rollout: float, cycle: float, tf: float, probe: float | None):

@@ -130,7 +130,7 @@ def test_stage_two_sections_default_and_validate():
     "override, key",
     [("train.dataset=franka", "train.dataset"), ("evaluate.probe_datasets=[synthetic, franka]",
                                                 "evaluate.probe_datasets[1]"),
-     ("variants.dila.bottleneck=vq", "variants.dila.bottleneck"), ("train.seq_len=1", "train.seq_len"),
+     ("train.seq_len=1", "train.seq_len"),
      ("train.optim.lr=0", "train.optim.lr"), ("train.val_fraction=1.0", "train.val_fraction"),
      ("model.preset=huge", "model.preset"), ("rollout.horizon=0", "rollout.horizon")],
 )

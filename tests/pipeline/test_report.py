@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline import report
+from pipeline.evaluation import report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.sources import base
-from pipeline.sources.base import DatasetParams, EpisodeError
+from pipeline.data.sources import base
+from pipeline.data.sources.base import DatasetParams, EpisodeError
 
 
 def test_kept_raw_raw_slice_and_file_fingerprints(tmp_path):

@@ -8,10 +8,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ParamsError, build
-from pipeline.sources import build_source, params_class
-from pipeline.sources.base import EpisodeError, LabelSpec, SourceError
-from pipeline.sources.lerobot import LeRobotParams, LeRobotSource
-from tests.pipeline.media import COLOR_TOLERANCE, expected_colors, make_lerobot_v2, make_lerobot_v3, mean_colors
+from pipeline.data.sources import build_source, params_class
+from pipeline.data.sources.base import EpisodeError, LabelSpec, SourceError
+from pipeline.data.sources.lerobot import LeRobotParams, LeRobotSource
+from tests.pipeline.media import (
+    COLOR_TOLERANCE,
+    expected_colors,
+    make_lerobot_v2,
+    make_lerobot_v3,
+    mean_colors,
+)
 
 LENGTHS = (6, 9, 5)
 TOP, WRIST = "observation.images.top", "observation.images.wrist"

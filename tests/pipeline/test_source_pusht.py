@@ -9,9 +9,9 @@ import pytest
 import zarr
 
 from pipeline.config import ParamsError, build
-from pipeline.sources import build_source, params_class
-from pipeline.sources.base import EpisodeError, LabelSpec, SourceError
-from pipeline.sources.pusht import PushTParams, PushTSource
+from pipeline.data.sources import build_source, params_class
+from pipeline.data.sources.base import EpisodeError, LabelSpec, SourceError
+from pipeline.data.sources.pusht import PushTParams, PushTSource
 from tests.pipeline.media import make_pusht_zarr
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pusht_cchi_v7_replay.zarr"

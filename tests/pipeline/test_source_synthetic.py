@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 
 from pipeline.config import ParamsError, build
-from pipeline.sources import build_source, params_class
-from pipeline.sources import synthetic
-from pipeline.sources.base import EpisodeError, EpisodeRef, apply_resize
-from pipeline.sources.synthetic import MOTIONS, Appearance, Motion, SyntheticParams, SyntheticSource
+from pipeline.data.sources import build_source, params_class, synthetic
+from pipeline.data.sources.base import EpisodeError, EpisodeRef, apply_resize
+from pipeline.data.sources.synthetic import (
+    MOTIONS,
+    Appearance,
+    Motion,
+    SyntheticParams,
+    SyntheticSource,
+)
 
 WHERE = "datasets.synthetic"
 SMALL = {"episodes": 8, "frames": 8, "size": 32}

@@ -5,8 +5,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.sources import video
-from pipeline.sources.base import EpisodeError, SourceError
+from pipeline.data.sources import video
+from pipeline.data.sources.base import EpisodeError, SourceError
 from tests.pipeline.media import (
     COLOR_TOLERANCE,
     color_frames,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import ParamsError, build
-from pipeline.sources import build_source, params_class
-from pipeline.sources.base import EpisodeError, Schema, SourceError
-from pipeline.sources.video_folder import VideoFolderParams, VideoFolderSource
+from pipeline.data.sources import build_source, params_class
+from pipeline.data.sources.base import EpisodeError, Schema, SourceError
+from pipeline.data.sources.video_folder import VideoFolderParams, VideoFolderSource
 from tests.pipeline.media import (
     COLOR_TOLERANCE,
     color_frames,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.split import episode_bounds, split_episodes
+from pipeline.data.split import episode_bounds, split_episodes
 
 
 def test_split_is_a_seeded_partition_by_episode():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline import store
-from pipeline.inspect import info, verify
+from pipeline.data import store
+from pipeline.data.inspect import info, verify
 from pipeline.params import StoreParams
 
 PARAMS = StoreParams(chunk_mb=0.0007, shard_frames=8, codec="zstd", clevel=3)

@@ -23,13 +23,23 @@ from safetensors.torch import load_file
 
 from dila_core.model import DiLA
 from dila_core.presets import preset
-from pipeline.checkpoint import save_checkpoint
-from pipeline.distributed import init
+from pipeline.data.split import split_episodes
+from pipeline.data.windows import Windows
 from pipeline.params import OptimParams
-from pipeline.split import split_episodes
-from pipeline.trainer import (Meter, RunFiles, Trainer, TrainSpec, build_optimizer, load_state, lr_factor,
-                              save_state, seed_everything, train)
-from pipeline.windows import Windows
+from pipeline.training.checkpoint import save_checkpoint
+from pipeline.training.distributed import init
+from pipeline.training.trainer import (
+    Meter,
+    RunFiles,
+    Trainer,
+    TrainSpec,
+    build_optimizer,
+    load_state,
+    lr_factor,
+    save_state,
+    seed_everything,
+    train,
+)
 from stages import extract, prepare
 from tests.conftest import make_params
 from tests.stages.helpers import cli_env

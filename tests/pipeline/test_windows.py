@@ -6,10 +6,18 @@ import pytest
 import torch
 import zarr
 
-from pipeline import store
-from pipeline.split import episode_bounds, split_episodes
-from pipeline.windows import (EPS, FixedBatches, StepBatches, Windows, epoch_order, fixed_windows, loader,
-                              window_starts)
+from pipeline.data import store
+from pipeline.data.split import episode_bounds, split_episodes
+from pipeline.data.windows import (
+    EPS,
+    FixedBatches,
+    StepBatches,
+    Windows,
+    epoch_order,
+    fixed_windows,
+    loader,
+    window_starts,
+)
 from stages import extract, prepare
 from tests.conftest import make_params
 

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from stages import evaluate, extract, prepare, rollout
-from tests.stages.test_rollout import save_model, stage_params
+from tests.stages.helpers import save_model, stage_params
 
 ONLY_DILA = "variants={dila: {variant: dila}}"  # the whole mapping: just DiLA
 

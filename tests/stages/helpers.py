@@ -1,4 +1,5 @@
-"""Helpers for stage tests: tiny params files, running the CLI in a subprocess, comparing stores."""
+"""Helpers for stage tests: tiny params files, saved tiny models, running the CLI in a subprocess,
+comparing stores."""
 from __future__ import annotations
 
 import os
@@ -7,11 +8,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 import zarr
 
+from dila_core import DiLA, preset
+from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
+from pipeline import artifacts
 from pipeline.params import apply_overrides, read_yaml
-from tests.conftest import ROOT, tiny_overrides
+from pipeline.training import runs
+from pipeline.training.checkpoint import save_checkpoint
+from tests.conftest import ROOT, make_params, tiny_overrides
+
+GRID, DIM = (3, 3), 384  # the tiny store: 42 px frames through DINOv2-S
 
 
 def write_params(tmp: Path, *extra: str) -> Path:
@@ -57,3 +66,21 @@ def shard_mtimes(path: Path) -> dict[str, int]:
     """Shard files of the tokens array, keyed by their chunk-grid path ("k/0/0/0" for shard k)."""
     shards = path / "tokens" / "c"
     return {str(p.relative_to(shards)): p.stat().st_mtime_ns for p in shards.rglob("*") if p.is_file()}
+
+
+def stage_params(tmp, *extra):
+    return make_params(tmp, f"paths.models={tmp}/models", f"paths.eval={tmp}/eval", f"paths.logs={tmp}/logs",
+                       "train.val_fraction=0.34", "train.seq_len=4", "rollout.horizon=3", "rollout.episodes=5", *extra)
+
+
+def save_model(params, variant, kind="dila", bottleneck="continuous", phase=None) -> DiLA:
+    torch.manual_seed(1)
+    model = DiLA(preset("tiny", variant=kind, bottleneck=bottleneck, grid=GRID, token_dim=DIM)).eval()
+    save_checkpoint(artifacts.final_weights(params, variant, phase or runs.final_phase(params, variant)), model, 5)
+    return model
+
+
+def save_decoder(params, plan):
+    torch.manual_seed(0)
+    decoder = PixelDecoder(PixelDecoderConfig(in_dim=DIM, grid=GRID, size=8, width=16))
+    save_checkpoint(artifacts.pixel_decoder_weights(params), decoder, 1, {"store_plan_sha256": plan})

@@ -7,21 +7,25 @@ import pytest
 import torch
 import zarr
 
-from pipeline import metrics as M
-from pipeline.split import split_episodes
-from pipeline.store import open_store
-from pipeline.sources.synthetic import MOTIONS
-from stages import evaluate, extract, rollout
-from stages.train import final_record
+from pipeline import artifacts
+from pipeline.artifacts import final_record
+from pipeline.data import windows
+from pipeline.data.sources.synthetic import MOTIONS
+from pipeline.data.split import split_episodes
+from pipeline.data.store import open_store
+from pipeline.evaluation import clips
+from pipeline.evaluation import metrics as M
+from pipeline.training import runs
+from stages import evaluate, rollout
 from tests.stages.conftest import ONLY_DILA
-from tests.stages.test_rollout import save_decoder, save_model, stage_params
+from tests.stages.helpers import save_decoder, save_model, stage_params
 
 
 def normalized_rollouts(params):
-    group = zarr.open_group(rollout.rollout_store(params, "dila"), mode="r")
-    root = open_store(extract.store_path(params, "synthetic"))
+    group = zarr.open_group(artifacts.rollout_store(params, "dila"), mode="r")
+    root = open_store(artifacts.store_path(params, "synthetic"))
     mean, std = root["stats/mean"][:], root["stats/std"][:]
-    return (rollout.normalize(group["truth"][:], mean, std), rollout.normalize(group["predicted"][:], mean, std))
+    return (windows.normalize(group["truth"][:], mean, std), windows.normalize(group["predicted"][:], mean, std))
 
 
 def test_metrics_file_identifies_model_data_and_encoder(run):
@@ -59,8 +63,8 @@ def test_rollouts_under_another_clips_actions(run):
 
 
 def val_clips(params):
-    _, val = rollout.split_windows(params, "synthetic", params.train.seq_len)
-    return rollout.stack(val, rollout.pick(val, tile=False))
+    _, val = runs.open_windows(params)
+    return clips.stack(val, clips.pick(val, tile=False))
 
 
 def test_cycle_transfer_and_isolation_match_the_model(run):
@@ -106,7 +110,7 @@ def test_probe_targets_are_the_actions_at_frame_skip_one(run):
 
 
 def test_latents_file_holds_validation_z_and_motion_families(run):
-    with np.load(evaluate.latents_path(run.params, "dila")) as f:
+    with np.load(artifacts.latents_path(run.params, "dila")) as f:
         z, family, names = f["z"], f["family"], f["families"]
     assert z.shape == (18, run.model.cfg.bottleneck.d_z) and names.tolist() == list(MOTIONS)
     motion = val_clips(run.params)["labels"]["motion"]  # one family per episode
@@ -148,11 +152,11 @@ def test_teacher_forced_mse_is_read_from_the_phase_one_record(run):
 
 def test_pixel_metrics_with_a_pixel_decoder(run):
     p = run.params
-    save_decoder(p, open_store(extract.store_path(p, "synthetic")).attrs["dila"]["plan_sha256"])
+    save_decoder(p, open_store(artifacts.store_path(p, "synthetic")).attrs["dila"]["plan_sha256"])
     try:
         m = json.loads(evaluate.run(p, "dila").read_text())
     finally:
-        rollout.pixel_decoder_path(p).unlink()
+        artifacts.pixel_decoder_weights(p).unlink()
         evaluate.run(p, "dila")
     for section in (m["rollout"], m["rollout"]["baseline"], m["cycle_transfer"]):
         assert -1 <= section["ssim"] <= 1
@@ -162,10 +166,10 @@ def test_pixel_metrics_with_a_pixel_decoder(run):
 
 def test_stale_or_missing_rollouts_are_errors(run):
     p = stage_params(run.tmp, ONLY_DILA, "rollout.horizon=2")
-    with pytest.raises(ValueError, match=r"rollouts made with .* run `dila rollout dila` again"):
+    with pytest.raises(artifacts.MissingInput, match=r"rollouts made with .* run `dila rollout dila` again"):
         evaluate.run(p, "dila")
     p = stage_params(run.tmp, ONLY_DILA, f"paths.eval={run.tmp}/elsewhere")
-    with pytest.raises(FileNotFoundError, match="run `dila rollout dila` first"):
+    with pytest.raises(artifacts.MissingInput, match="run `dila rollout dila` first"):
         evaluate.run(p, "dila")
 
 
@@ -178,5 +182,5 @@ def test_variant_without_latent_actions(run):
     for key in ("rollout", "cycle_transfer", "probe.synthetic", "ground_truth.action_transfer"):
         assert "has no latent actions" in gone[key], key
     assert m["ground_truth"]["rebinding"]["token_mse"] > 0 and "drift" in m["motion_isolation"]
-    with np.load(evaluate.latents_path(p, "nola")) as f:
+    with np.load(artifacts.latents_path(p, "nola")) as f:
         assert f["z"].shape == (0, 0) and f["family"].shape == (0,)

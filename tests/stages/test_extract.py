@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline import store
-from pipeline.encoder import load_encoder
-from pipeline.inspect import verify
-from pipeline.sources import EpisodeRef, SourceError, build_source
+from pipeline import artifacts
+from pipeline.artifacts import MissingInput
+from pipeline.data import store
+from pipeline.data.encoder import load_encoder
+from pipeline.data.inspect import verify
+from pipeline.data.sources import EpisodeRef, build_source
+from pipeline.provenance import code_hash
 from stages import extract, prepare
 from tests.conftest import make_params
 from tests.stages.helpers import assert_same_store, cli_env, shard_mtimes, write_params
@@ -47,7 +50,7 @@ def test_tokens_equal_direct_encoding_and_ground_truth_is_copied(tiny):
     assert attrs["encoder"]["model"] == "facebook/dinov2-small" and attrs["encoder"]["input_size"] == 42
     assert attrs["source"]["fingerprint"] == source.fingerprint() and attrs["frame_stride"] == 1
     assert attrs["episodes"] == [r.key for r in source.refs()] and attrs["complete"] is True
-    assert attrs["code_version"]["extract_code_sha256"]
+    assert attrs["extract_code_sha256"] == code_hash("stages.extract") and "git_commit" in attrs["code_version"]
     assert verify(path) == []
     assert root["tokens"].dtype == np.float16 and root["tokens"].shape == (60, 3, 3, 384)
 
@@ -77,7 +80,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     killed = write_params(tmp_path / "killed", *extra)
     params = make_params(tmp_path / "killed", *extra)
     prepare.run(params, "synthetic", show_progress=False)
-    path = extract.store_path(params, "synthetic")
+    path = artifacts.store_path(params, "synthetic")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "extract", "synthetic", "--params", str(killed),
                              "-q"], env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -108,15 +111,15 @@ def test_two_ranks_equal_one(tmp_path):
                            "-m", "pipeline.cli", "extract", "synthetic", "--params", str(two_file), "-q"],
                           env=cli_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_store(extract.store_path(one, "synthetic"), extract.store_path(two, "synthetic"))
+    assert_same_store(artifacts.store_path(one, "synthetic"), artifacts.store_path(two, "synthetic"))
 
 
 def test_extract_needs_a_current_manifest(tiny):
-    with pytest.raises(SourceError, match="run `dila prepare synthetic` first"):
+    with pytest.raises(MissingInput, match="run `dila prepare synthetic` first"):
         extract.run(tiny, "synthetic", show_progress=False)
     prepare.run(tiny, "synthetic", show_progress=False)
-    changed = make_params(extract.store_path(tiny, "x").parents[1], "datasets.synthetic.episodes=5")
-    with pytest.raises(SourceError, match="other settings of datasets.synthetic"):
+    changed = make_params(artifacts.store_path(tiny, "x").parents[1], "datasets.synthetic.episodes=5")
+    with pytest.raises(MissingInput, match="other settings of datasets.synthetic"):
         extract.run(changed, "synthetic", show_progress=False)
 
 

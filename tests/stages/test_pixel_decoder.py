@@ -13,13 +13,16 @@ import zarr
 from safetensors.torch import load_file, save_file
 
 from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
-from pipeline.trainer import lr_factor
-from pipeline import store
-from pipeline.checkpoint import CheckpointError
-from pipeline.encoder import resize_frames
+from pipeline import artifacts
+from pipeline.data import store
+from pipeline.data.encoder import resize_frames
+from pipeline.data.sources import build_source
+from pipeline.data.split import split_episodes, split_frames
+from pipeline.data.windows import EPS, normalize
+from pipeline.evaluation import pixels
 from pipeline.params import OptimParams
-from pipeline.sources import build_source
-from pipeline.split import split_episodes
+from pipeline.training.checkpoint import CheckpointError, save_checkpoint
+from pipeline.training.trainer import lr_factor
 from stages import extract, prepare
 from stages import pixel_decoder as stage
 from tests.conftest import make_params
@@ -53,13 +56,13 @@ def test_frames_are_the_source_frames_of_each_stored_token_row(trained):
     ref = source.refs()[2]
     want = resize_frames(torch.from_numpy(source.load(ref, 3, 7).frames), 16)      # (4, 3, S, S) in [0, 1]
     np.testing.assert_array_equal(pairs.frames[23:27], want.mul(255).round().to(torch.uint8).numpy())
-    tokens = zarr.open_group(extract.store_path(params, "synthetic"), mode="r")["tokens"]
+    tokens = zarr.open_group(artifacts.store_path(params, "synthetic"), mode="r")["tokens"]
     np.testing.assert_array_equal(pairs.tokens(np.array([26, 23, 23])), tokens[[26, 23, 23]])
 
 
 def test_run_learns_and_writes_its_artifacts(trained):
     params, path = trained
-    out = stage.output_dir(params)
+    out = artifacts.pixel_decoder_dir(params)
     assert path == out / "model.safetensors" and (out / "samples.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     _, val_eps = split_episodes(6, params.train.val_fraction, params.seed)
@@ -75,14 +78,14 @@ def test_run_learns_and_writes_its_artifacts(trained):
 
 def test_saved_decoder_loads_strictly_and_reproduces_the_metrics(trained):
     params, path = trained
-    decoder, meta = stage.load_pixel_decoder(path)
-    assert meta["step"] == 40 and meta["norm_eps"] == stage.NORM_EPS and meta["dataset"] == "synthetic"
-    root = store.open_store(extract.store_path(params, "synthetic"))
+    decoder, meta = pixels.load_pixel_decoder(path)
+    assert meta["step"] == 40 and meta["norm_eps"] == EPS and meta["dataset"] == "synthetic"
+    root = store.open_store(artifacts.store_path(params, "synthetic"))
     assert meta["encoder"] == store.store_attrs(root)["encoder"]
     assert meta["config"] == stage.decoder_config(params.pixel_decoder, (3, 3), 384)
     pairs, ends, _ = stage.load_pairs(params, "synthetic")
-    _, val = stage.split_frames(ends, params.train.val_fraction, params.seed)
-    metrics = json.loads((stage.output_dir(params) / "metrics.json").read_text())
+    _, val = split_frames(ends, params.train.val_fraction, params.seed)
+    metrics = json.loads((artifacts.pixel_decoder_dir(params) / "metrics.json").read_text())
     assert stage.quality(stage.frame_errors(decoder, pairs, val))["mse"] == pytest.approx(metrics["val_mse"], rel=1e-5)
 
 
@@ -97,8 +100,8 @@ def test_same_params_give_the_same_weights(trained, tmp_path):
 def test_save_load_round_trip_is_exact(tmp_path):
     torch.manual_seed(3)
     model = PixelDecoder(PixelDecoderConfig(in_dim=8, grid=(2, 3), size=8, width=8, upsample="bilinear"))
-    path = stage.save_pixel_decoder(tmp_path / "d" / "model.safetensors", model, 7, {"note": "x"})
-    loaded, meta = stage.load_pixel_decoder(path)
+    path = save_checkpoint(tmp_path / "d" / "model.safetensors", model, 7, {"note": "x"})
+    loaded, meta = pixels.load_pixel_decoder(path)
     assert meta == {"note": "x", "step": 7, "config": model.cfg} and not loaded.training
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     x = torch.randn(2, 2, 3, 8)
@@ -107,7 +110,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 def test_loading_is_strict_and_checks_the_format(tmp_path):
     model = PixelDecoder(PixelDecoderConfig(in_dim=8, grid=(2, 2), size=8, width=8))
-    path = stage.save_pixel_decoder(tmp_path / "model.safetensors", model, 1, {})
+    path = save_checkpoint(tmp_path / "model.safetensors", model, 1, {})
     with open(path, "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     metadata = header["__metadata__"]
@@ -115,42 +118,42 @@ def test_loading_is_strict_and_checks_the_format(tmp_path):
     extra = {**tensors, "extra.weight": torch.zeros(1)}
     save_file(extra, str(tmp_path / "extra.safetensors"), metadata=metadata)
     with pytest.raises(CheckpointError, match="unexpected keys: extra.weight"):
-        stage.load_pixel_decoder(tmp_path / "extra.safetensors")
+        pixels.load_pixel_decoder(tmp_path / "extra.safetensors")
     missing = {k: v for k, v in tensors.items() if k != "proj.weight"}
     save_file(missing, str(tmp_path / "missing.safetensors"), metadata=metadata)
     with pytest.raises(CheckpointError, match="missing keys: proj.weight"):
-        stage.load_pixel_decoder(tmp_path / "missing.safetensors")
-    save_file(tensors, str(tmp_path / "other.safetensors"), metadata={**metadata, "format": "dila-checkpoint/1"})
-    with pytest.raises(CheckpointError, match="not a pixel decoder"):
-        stage.load_pixel_decoder(tmp_path / "other.safetensors")
-    with pytest.raises(CheckpointError, match="no such pixel decoder file"):
-        stage.load_pixel_decoder(tmp_path / "absent.safetensors")
+        pixels.load_pixel_decoder(tmp_path / "missing.safetensors")
+    save_file(tensors, str(tmp_path / "other.safetensors"), metadata={**metadata, "family": "dila"})
+    with pytest.raises(CheckpointError, match="holds a 'dila' model, expected 'pixel_decoder'"):
+        pixels.load_pixel_decoder(tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="absent.safetensors: no such checkpoint file"):
+        pixels.load_pixel_decoder(tmp_path / "absent.safetensors")
 
 
 def test_decode_tokens_keeps_leading_axes_and_input(trained):
     _, path = trained
-    decoder, _ = stage.load_pixel_decoder(path)
+    decoder, _ = pixels.load_pixel_decoder(path)
     e = torch.randn(2, 5, 3, 3, 384)                                   # (B, T, h, w, D)
     before = e.clone()
-    frames = stage.decode_tokens(decoder, e, chunk=3)
+    frames = pixels.decode_tokens(decoder, e, chunk=3)
     assert frames.shape == (2, 5, 3, 16, 16) and frames.min() >= 0 and frames.max() <= 1
     with torch.no_grad():
         torch.testing.assert_close(frames[1], decoder(e[1]))
     assert torch.equal(e, before)
 
 
-def test_normalize_tokens_uses_the_store_stats_and_keeps_input():
+def test_normalize_uses_the_store_stats_and_keeps_input():
     tokens = np.arange(12, dtype=np.float16).reshape(2, 1, 2, 3)       # (F, h, w, D)
     mean, std = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 0.5, 1.0])
-    out = stage.normalize_tokens(tokens, mean, std)
-    want = (torch.from_numpy(tokens.astype(np.float32)) - mean) / (std + stage.NORM_EPS)
+    out = normalize(torch.from_numpy(tokens), mean, std)
+    want = (torch.from_numpy(tokens.astype(np.float32)) - mean) / (std + EPS)
     assert out.dtype == torch.float32 and torch.equal(out, want)
     assert np.array_equal(tokens, np.arange(12, dtype=np.float16).reshape(2, 1, 2, 3))
 
 
 def test_token_rows_read_lazily_when_over_budget(trained):
     params, _ = trained
-    tokens = zarr.open_group(extract.store_path(params, "synthetic"), mode="r")["tokens"]
+    tokens = zarr.open_group(artifacts.store_path(params, "synthetic"), mode="r")["tokens"]
     idx = np.array([59, 0, 17, 17, 31])
     lazy, memory = stage.TokenRows(tokens, budget=0), stage.TokenRows(tokens)
     assert not isinstance(lazy.rows, np.ndarray) and isinstance(memory.rows, np.ndarray)
@@ -193,7 +196,7 @@ def test_batches_cover_every_frame_once_per_epoch():
 def test_train_checkpoints_every_n_steps_and_at_the_end(trained):
     params, _ = trained
     pairs, ends, _ = stage.load_pairs(params, "synthetic")
-    train_idx, _ = stage.split_frames(ends, params.train.val_fraction, params.seed)
+    train_idx, _ = split_frames(ends, params.train.val_fraction, params.seed)
     model = PixelDecoder(stage.decoder_config(params.pixel_decoder, (3, 3), 384))
     saved = []
     stage.train(model, pairs, train_idx, params.pixel_decoder, 0, saved.append)
@@ -205,7 +208,7 @@ def test_a_store_from_other_episodes_is_refused(trained, tmp_path):
     features = tmp_path / "features"
     shutil.copytree(params.paths.features, features)
     copy = tiny_params(tmp_path, f"paths.prepared={params.paths.prepared}", f"paths.features={features}")
-    root = zarr.open_group(extract.store_path(copy, "synthetic"), mode="r+")
+    root = zarr.open_group(artifacts.store_path(copy, "synthetic"), mode="r+")
     attrs = dict(root.attrs["dila"])
     root.attrs["dila"] = {**attrs, "episodes": attrs["episodes"][::-1]}
     with pytest.raises(store.StoreError, match="other episodes than the manifest"):

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import zarr
 
+from pipeline import artifacts
+from pipeline.artifacts import MissingInput
 from pipeline.config import ParamsError
-from pipeline.inspect import verify
-from pipeline.sources import EpisodeError, SourceError
+from pipeline.data.inspect import verify
+from pipeline.data.sources import EpisodeError, SourceError
 from stages import extract, prepare
 from tests.conftest import make_params
 from tests.pipeline import media
@@ -20,8 +22,8 @@ def test_manifest_lists_episodes_with_exact_counts(tiny):
     assert [e["frames"] for e in manifest["episodes"]] == [10] * 6
     assert manifest["episodes"][0]["key"] == "episode_000000" and manifest["failures"] == []
     assert manifest["schema"]["action_dim"] == 4 and "pose" in manifest["schema"]["labels"]
-    on_disk = json.loads(prepare.manifest_path(tiny, "synthetic").read_text())
-    assert on_disk == manifest and prepare.read_manifest(tiny, "synthetic") == manifest
+    on_disk = json.loads(artifacts.manifest_path(tiny, "synthetic").read_text())
+    assert on_disk == manifest and artifacts.read_manifest(tiny, "synthetic") == manifest
 
 
 def test_stride_and_max_frames_reach_the_manifest(tmp_path):
@@ -56,7 +58,7 @@ def test_bad_videos_are_skipped_listed_and_never_stored(tmp_path):
         assert f["origin"].endswith(key) and f["reason"]
     assert "empty" in failed["c_empty.mp4"]["reason"].lower()
     path = extract.run(params, "clips", show_progress=False)
-    report = json.loads(extract.failures_path(params, "clips").read_text())
+    report = json.loads(artifacts.failures_path(params, "clips").read_text())
     assert sorted(f["key"] for f in report["skipped"]) == sorted(failed)
     root = zarr.open_group(path, mode="r")
     assert root["episode_ends"][:].tolist() == np.cumsum([g.n_frames for g in good]).tolist()
@@ -70,7 +72,7 @@ def test_strict_stops_at_the_first_bad_file(tmp_path):
     with pytest.raises(EpisodeError) as info:
         prepare.run(params, "clips", show_progress=False)
     assert info.value.origin.endswith("b_corrupt.mp4") and "b_corrupt.mp4" in str(info.value)
-    assert not prepare.manifest_path(params, "clips").exists()
+    assert not artifacts.manifest_path(params, "clips").exists()
 
 
 def test_missing_source_path_is_named(tmp_path):
@@ -92,7 +94,7 @@ def test_a_file_changed_after_prepare_stops_extract_naming_the_source(tmp_path):
     (tmp_path / "videos" / good[0].rel).write_bytes(b"")
     with pytest.raises(SourceError, match="source changed since `dila prepare clips`"):
         extract.run(params, "clips", show_progress=False)
-    assert not extract.store_path(params, "clips").exists()
+    assert not artifacts.store_path(params, "clips").exists()
 
 
 def test_parallel_checking_gives_the_same_manifest(tmp_path):
@@ -112,7 +114,7 @@ def test_a_wrong_action_key_stops_prepare_once_naming_the_key(tmp_path):
     with pytest.raises(ParamsError, match=r"^params: datasets.robot.action_key = 'action' is not allowed: expected "
                                           r"null or one of the dataset's columns: \['actions', 'observation.state',"):
         prepare.run(params, "robot", show_progress=False)
-    assert not prepare.manifest_path(params, "robot").exists()
+    assert not artifacts.manifest_path(params, "robot").exists()
     manifest = prepare.run(robot_params(tmp_path, "datasets.robot.action_key=actions"), "robot", show_progress=False)
     assert [e["frames"] for e in manifest["episodes"]] == [4, 3] and manifest["schema"]["action_dim"] == 2
 
@@ -123,7 +125,7 @@ def test_when_no_episode_reads_the_manifest_and_the_error_list_every_reason(tmp_
     params = robot_params(tmp_path)
     with pytest.raises(SourceError) as err:
         prepare.run(params, "robot", show_progress=False)
-    path = prepare.manifest_path(params, "robot")
+    path = artifacts.manifest_path(params, "robot")
     manifest = json.loads(path.read_text())
     assert manifest["episodes"] == []
     data = tmp_path / "robot" / "data" / "chunk-000"
@@ -134,7 +136,7 @@ def test_when_no_episode_reads_the_manifest_and_the_error_list_every_reason(tmp_
     assert str(err.value) == (f"dataset 'robot' ({tmp_path / 'robot'}): none of its 3 episodes could be read; each is "
                               f"listed with its reason in {path}:" +
                               "".join(f"\n  {f['origin']}: {f['reason']}" for f in manifest["failures"]))
-    with pytest.raises(SourceError, match="none of the episodes of dataset 'robot' could be read"):
+    with pytest.raises(MissingInput, match="none of the episodes of dataset 'robot' could be read"):
         extract.run(params, "robot", show_progress=False)
 
 
@@ -151,7 +153,7 @@ def test_mixed_resolutions_without_resize_stop_prepare_asking_for_resize(tmp_pat
         f"(height x width: 32x32 (2 episodes, e.g. {videos / 'a.mp4'}), 48x64 (1 episode, e.g. {videos / 'b.mp4'})); "
         "set datasets.clips.resize to one [height, width], e.g. [32, 32] (the first episode's), and every frame is "
         "resized to it")
-    assert not prepare.manifest_path(params, "clips").exists()
+    assert not artifacts.manifest_path(params, "clips").exists()
     resized = folder_params(tmp_path, "datasets.clips.resize=[32, 32]")
     assert [e["frames"] for e in prepare.run(resized, "clips", show_progress=False)["episodes"]] == [6, 5, 4]
     assert verify(extract.run(resized, "clips", show_progress=False)) == []

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.artifacts import MissingInput
 from stages import report
 from tests.stages.conftest import ONLY_DILA
-from tests.stages.test_rollout import stage_params
+from tests.stages.helpers import stage_params
 
 
 def test_writes_the_table_and_plots(run):
@@ -17,5 +18,5 @@ def test_writes_the_table_and_plots(run):
 
 def test_a_variant_without_metrics_names_the_stage_to_run(run):
     p = stage_params(run.tmp, ONLY_DILA, "variants.other.variant=dila")
-    with pytest.raises(FileNotFoundError, match="run `dila evaluate other` first"):
+    with pytest.raises(MissingInput, match="run `dila evaluate other` first"):
         report.run(p)

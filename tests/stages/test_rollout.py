@@ -6,23 +6,16 @@ import torch
 import zarr
 from matplotlib import image as mpimg
 
-from dila_core import DiLA, preset
-from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
-from pipeline.checkpoint import CheckpointError, save_checkpoint
-from pipeline.split import episode_bounds, split_episodes
-from pipeline.store import open_store
-from pipeline.windows import EPS
+from pipeline import artifacts
+from pipeline.data import windows
+from pipeline.data.split import episode_bounds, split_episodes
+from pipeline.data.store import open_store
+from pipeline.data.windows import EPS
+from pipeline.evaluation import clips, pixels
+from pipeline.training import runs
+from pipeline.training.checkpoint import CheckpointError
 from stages import extract, prepare, rollout
-from stages.pixel_decoder import save_pixel_decoder
-from stages.train import final_weights
-from tests.conftest import make_params
-
-GRID, DIM = (3, 3), 384  # the tiny store: 42 px frames through DINOv2-S
-
-
-def stage_params(tmp, *extra):
-    return make_params(tmp, f"paths.models={tmp}/models", f"paths.eval={tmp}/eval", f"paths.logs={tmp}/logs",
-                       "train.val_fraction=0.34", "train.seq_len=4", "rollout.horizon=3", "rollout.episodes=5", *extra)
+from tests.stages.helpers import DIM, GRID, save_decoder, save_model, stage_params
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +26,8 @@ def params(tmp_path_factory):
     return p
 
 
-def save_model(params, variant, kind="dila", bottleneck="continuous", phase=None) -> DiLA:
-    torch.manual_seed(1)
-    model = DiLA(preset("tiny", variant=kind, bottleneck=bottleneck, grid=GRID, token_dim=DIM)).eval()
-    save_checkpoint(final_weights(params, variant, phase or rollout.final_phase(params, variant)), model, 5)
-    return model
-
-
 def store_arrays(params):
-    root = open_store(extract.store_path(params, "synthetic"))
+    root = open_store(artifacts.store_path(params, "synthetic"))
     return root["tokens"][:], episode_bounds(root["episode_ends"][:]), root["stats/mean"][:], root["stats/std"][:]
 
 
@@ -68,15 +54,9 @@ def test_rollout_store_holds_the_true_windows_and_the_models_rollout(params):
     assert not list(out.glob("*.png"))
 
 
-def save_decoder(params, plan):
-    torch.manual_seed(0)
-    decoder = PixelDecoder(PixelDecoderConfig(in_dim=DIM, grid=GRID, size=8, width=16))
-    save_pixel_decoder(rollout.pixel_decoder_path(params), decoder, 1, {"store_plan_sha256": plan})
-
-
 def test_png_grids_are_written_with_a_pixel_decoder_and_dropped_without(params):
     save_model(params, "dila")
-    path = extract.store_path(params, "synthetic")
+    path = artifacts.store_path(params, "synthetic")
     save_decoder(params, open_store(path).attrs["dila"]["plan_sha256"])
     try:
         out = rollout.run(params, "dila")
@@ -91,7 +71,7 @@ def test_png_grids_are_written_with_a_pixel_decoder_and_dropped_without(params):
         assert "trained on another feature store" in \
             zarr.open_group(out / "tokens.zarr", mode="r").attrs["dila_rollout"]["pixels"]
     finally:
-        rollout.pixel_decoder_path(params).unlink()
+        artifacts.pixel_decoder_weights(params).unlink()
 
 
 def test_variant_without_latent_actions_stores_the_truth_only(params):
@@ -103,38 +83,38 @@ def test_variant_without_latent_actions_stores_the_truth_only(params):
 
 
 def test_missing_or_mismatched_weights_are_clear_errors(params):
-    missing = final_weights(params, "discrete_z", "finetune")
-    with pytest.raises(FileNotFoundError, match=f"{missing}.*run `dila finetune discrete_z` first"):
+    missing = artifacts.final_weights(params, "discrete_z", "finetune")
+    with pytest.raises(artifacts.MissingInput, match=f"{missing}.*run `dila finetune discrete_z` first"):
         rollout.run(params, "discrete_z")
     save_model(params, "gaussian_z")  # a continuous model under the gaussian variant's name
-    with pytest.raises(CheckpointError, match="continuous bottleneck, but variants.gaussian_z is dila with gaussian"):
+    with pytest.raises(CheckpointError, match="holds a dila/dila/continuous model .*, but variants.gaussian_z is dila/dila/gaussian"):
         rollout.run(params, "gaussian_z")
-    final_weights(params, "gaussian_z", "finetune").unlink()
+    artifacts.final_weights(params, "gaussian_z", "finetune").unlink()
 
 
 def test_normalize_matches_the_training_windows_and_inverts(params):
     tokens, bounds, mean, std = store_arrays(params)
-    train, val = rollout.split_windows(params, "synthetic", 4)
+    train, val = runs.open_windows(params, length=4)
     item = val[0]
     first = item["frame"]
-    np.testing.assert_allclose(rollout.normalize(tokens[first:first + 4], mean, std), item["e"].numpy(), rtol=1e-6)
-    back = rollout.denormalize(rollout.normalize(tokens[:3], mean, std), mean, std)
+    np.testing.assert_allclose(windows.normalize(tokens[first:first + 4], mean, std), item["e"].numpy(), rtol=1e-6)
+    back = windows.denormalize(windows.normalize(tokens[:3], mean, std), mean, std)
     np.testing.assert_allclose(back, tokens[:3].astype(np.float32), rtol=1e-5, atol=1e-5)
 
 
 def test_pick_starts_at_the_episode_start_or_tiles_the_episode(params):
-    _, val = rollout.split_windows(params, "synthetic", 4)
+    _, val = runs.open_windows(params, length=4)
     start = val.bounds[val.windows[:, 1], 0]
-    first = rollout.pick(val, tile=False)
+    first = clips.pick(val, tile=False)
     assert (val.windows[first, 0] == start[first]).all() and len(first) == 2
-    assert len(rollout.pick(val, tile=False, limit=1)) == 1
-    tiled = rollout.pick(val, tile=True)  # 10 frames, windows of 4 sharing one frame: offsets 0, 3, 6
+    assert len(clips.pick(val, tile=False, limit=1)) == 1
+    tiled = clips.pick(val, tile=True)  # 10 frames, windows of 4 sharing one frame: offsets 0, 3, 6
     assert sorted((val.windows[tiled, 0] - start[tiled]).tolist()) == [0, 0, 3, 3, 6, 6]
 
 
 def test_grid_image_layout():
     rows = [np.zeros((3, 2, 2, 3)), np.full((2, 2, 2, 3), 0.5)]
-    img = rollout.grid_image(rows, gap=1)
+    img = pixels.grid_image(rows, gap=1)
     assert img.shape == (5, 8, 3)
     assert (img[2] == 1).all() and (img[:2, 2] == 1).all()        # white gaps
     assert (img[3:, :2] == 0.5).all() and (img[3:, 6:] == 1).all()  # a short row is padded with white

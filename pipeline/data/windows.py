@@ -3,7 +3,7 @@
 A window is `seq_len` kept frames `frame_skip` apart inside one episode: frames
 f, f + skip, ..., f + (seq_len - 1) * skip with all of them in [start, stop) of the
 episode, so a window never crosses an episode boundary. `Windows` lists every window
-of a set of episodes (the train or val side of `pipeline.split.split_episodes`) and
+of a set of episodes (the train or val side of `pipeline.data.split.split_episodes`) and
 returns item i as
 
     e        (T, h, w, D) float32   (tokens - mean) / (std + EPS), the store's per-channel stats
@@ -34,12 +34,33 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    Sampler,
+    default_collate,
+    get_worker_info,
+)
 
-from pipeline import store
-from pipeline.split import episode_bounds
+from pipeline.config import ParamsError
+from pipeline.data import store
+from pipeline.data.split import episode_bounds, split_episodes
 
 EPS = 1e-6  # e = (tokens - mean) / (std + EPS)
+
+
+def normalize(tokens, mean, std):
+    """Store-scale tokens (..., D) -> float32 e = (tokens - mean) / (std + EPS), the model's space; numpy
+    in, numpy out, torch in, torch out (the store's stats mean, std (D,) of the same kind)."""
+    if isinstance(tokens, torch.Tensor):
+        x = tokens.to(torch.float32)
+        return (x - mean.to(x.device)) / (std.to(x.device) + EPS)
+    return ((np.asarray(tokens, np.float32) - mean) / (std + np.float32(EPS))).astype(np.float32)
+
+
+def denormalize(e: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The inverse of `normalize`: model-space tokens (..., D) -> float32 store scale."""
+    return (np.asarray(e, np.float32) * (std + np.float32(EPS)) + mean).astype(np.float32)
 
 
 def window_starts(bounds: np.ndarray, episodes: np.ndarray, seq_len: int, frame_skip: int) -> np.ndarray:
@@ -76,7 +97,7 @@ class Windows(Dataset):
         self.windows = window_starts(self.bounds, self.episodes, seq_len, frame_skip)  # (N, 2)
         if len(self.windows) == 0:
             longest = int((self.bounds[:, 1] - self.bounds[:, 0]).max(initial=0))
-            raise ValueError(f"{self.path}: no window of seq_len={seq_len} frames with frame_skip={frame_skip} "
+            raise ParamsError(f"{self.path}: no window of seq_len={seq_len} frames with frame_skip={frame_skip} "
                              f"(needs {(seq_len - 1) * frame_skip + 1} frames) fits in the selected episodes "
                              f"(longest episode: {longest} frames); lower train.seq_len or train.frame_skip")
         self._tokens = None  # opened lazily in the process that reads, never shared across fork
@@ -99,7 +120,7 @@ class Windows(Dataset):
             if get_worker_info() is None:
                 raise store.StoreError(message) from err
             return {DAMAGED: message}
-        e = (torch.from_numpy(raw.astype(np.float32)) - self.mean) / (self.std + EPS)
+        e = normalize(torch.from_numpy(raw.astype(np.float32)), self.mean, self.std)         # (T, h, w, D)
         item: dict[str, Any] = {"e": e, "frame": first, "episode": episode}
         if self.actions is not None:
             item["actions"] = torch.from_numpy(self.actions[frames])                            # (T, a)
@@ -116,6 +137,18 @@ class Windows(Dataset):
                 f"`dila extract {self.attrs['dataset']}` rewrites them")
 
 
+def split_windows(path: Path, val_fraction: float, seed: int, length: int, frame_skip: int,
+                  what: str = "train.seq_len") -> tuple[Windows, Windows]:
+    """(train, val) windows of `length` frames (the setting `what`) `frame_skip` apart over the store
+    at `path`, split by episode (`split_episodes`) as every stage-two stage splits them."""
+    n_episodes = store.open_store(path)["episode_ends"].shape[0]
+    train_eps, val_eps = split_episodes(n_episodes, val_fraction, seed)
+    try:
+        return Windows(path, train_eps, length, frame_skip), Windows(path, val_eps, length, frame_skip)
+    except ParamsError as err:
+        raise ParamsError(f"{err} (the window length {length} is {what})") from err
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The seeded permutation of n windows used in `epoch`."""
     return np.random.default_rng([seed, 0x57E95, epoch]).permutation(n)
@@ -127,7 +160,7 @@ class StepBatches(Sampler[list[int]]):
     def __init__(self, n_windows: int, batch_size: int, seed: int, start: int, stop: int,
                  rank: int = 0, world: int = 1):
         if batch_size % world:
-            raise ValueError(f"global batch size {batch_size} is not divisible by the {world} ranks; "
+            raise ParamsError(f"global batch size {batch_size} is not divisible by the {world} ranks; "
                              "choose train.batch_size as a multiple of the number of processes")
         self.n, self.batch, self.seed = n_windows, batch_size, seed
         self.start, self.stop, self.rank, self.world = start, stop, rank, world

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.config import check
-from pipeline.sources.base import (
+from pipeline.data.sources.base import (
     DatasetParams,
     Episode,
     EpisodeError,
@@ -23,7 +23,7 @@ from pipeline.sources.base import (
     fingerprint_files,
     kept_indices,
 )
-from pipeline.sources.video import count_frames, decode, resolve_decoder
+from pipeline.data.sources.video import count_frames, decode, resolve_decoder
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.sources.base import EpisodeError, SourceError
-from pipeline.sources.native import captured_stderr
+from pipeline.data.sources.base import EpisodeError, SourceError
+from pipeline.data.sources.native import captured_stderr
 
 DECODERS = ("auto", "decord", "pyav")
 _BATCH = 32  # frames per decord get_batch call

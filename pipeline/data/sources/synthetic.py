@@ -50,9 +50,9 @@ from typing import Literal
 import numpy as np
 
 from pipeline.config import check, to_dict
-from pipeline.sources import looks
-from pipeline.sources.looks import PATTERNS, SHAPES, Look, background_look, object_look, signed_distance  # noqa: F401
-from pipeline.sources.base import (DatasetParams, Episode, EpisodeError, EpisodeRef, LabelSpec, Schema,
+from pipeline.data.sources import looks
+from pipeline.data.sources.looks import PATTERNS, SHAPES, Look, background_look, object_look, signed_distance  # noqa: F401
+from pipeline.data.sources.base import (DatasetParams, Episode, EpisodeError, EpisodeRef, LabelSpec, Schema,
                                    Source, apply_resize, kept_indices)
 
 MOTIONS = ("translate", "scale", "rotate", "compose")
@@ -80,7 +80,7 @@ class SyntheticParams(DatasetParams):
     """
 
     kind: str = "synthetic"
-    path: str = "pipeline/sources/synthetic.py"
+    path: str = "pipeline/data/sources/synthetic.py"
     episodes: int = 64
     frames: int = 32
     size: int = 64

@@ -40,10 +40,17 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dila_core.world_model import PREDICTION_LOSS
 from pipeline import safefile
-from pipeline.distributed import Dist, barrier
+from pipeline.data.windows import (
+    FixedBatches,
+    StepBatches,
+    Windows,
+    fixed_windows,
+    loader,
+)
 from pipeline.params import OptimParams
-from pipeline.windows import FixedBatches, StepBatches, Windows, fixed_windows, loader
+from pipeline.training.distributed import Dist, barrier
 
 FORMAT = "dila-train-state/1"
 
@@ -52,7 +59,7 @@ FORMAT = "dila-train-state/1"
 class TrainSpec:
     """What one training run does; batch_size is global (split over ranks)."""
 
-    objective: Literal["teacher_forcing", "rollout"]
+    objective: Literal["teacher_forcing", "phase2"]  # the model's `objective` or `phase2_objective`
     steps: int
     batch_size: int
     optim: OptimParams
@@ -93,14 +100,15 @@ def build_optimizer(model: nn.Module, optim: OptimParams, steps: int):
 
 class Objective(nn.Module):
     """The phase's loss as the module's forward, so DDP (wrapped around this, from outside the
-    model) sees every call: teacher forcing = model.forward, rollout = model.rollout_loss."""
+    model) sees every call: phase 1 = model.objective, phase 2 = model.phase2_objective (the
+    dila_core.world_model interface)."""
 
     def __init__(self, model: nn.Module, objective: str):
         super().__init__()
         self.model, self.objective = model, objective
 
     def forward(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.model(e) if self.objective == "teacher_forcing" else self.model.rollout_loss(e)
+        return self.model.objective(e) if self.objective == "teacher_forcing" else self.model.phase2_objective(e)
 
 
 # -- resume state ---------------------------------------------------------------------------------
@@ -269,8 +277,8 @@ def validate(model: nn.Module, val: Windows, spec: TrainSpec, d: Dist) -> dict[s
         e = batch["e"].to(d.device, non_blocking=True)                     # (b, T, h, w, D)
         with _autocast(d):
             logs = _floats(Objective(model, spec.objective)(e)[1])
-            if spec.objective == "rollout":
-                logs["L_e"] = float(model(e)[1]["L_e"])
+            if spec.objective == "phase2":
+                logs[PREDICTION_LOSS] = float(model.objective(e)[1][PREDICTION_LOSS])
         meter.add(logs)
     model.train()
     return meter.means(d)

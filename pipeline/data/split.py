@@ -23,3 +23,10 @@ def episode_bounds(episode_ends: np.ndarray) -> np.ndarray:
     return np.stack([np.concatenate([[0], ends[:-1]]), ends], axis=1)
 
 
+
+
+def split_frames(episode_ends: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indices of the train episodes and of the validation episodes (`split_episodes`)."""
+    bounds = episode_bounds(episode_ends)                                   # (E, 2)
+    train, val = split_episodes(len(bounds), val_fraction, seed)
+    return tuple(np.concatenate([np.arange(*bounds[e]) for e in eps]) for eps in (train, val))

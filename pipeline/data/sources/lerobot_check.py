@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import check
-from pipeline.sources.base import SourceError
+from pipeline.data.sources.base import SourceError
 
 if TYPE_CHECKING:
-    from pipeline.sources.lerobot import LeRobotSource
+    from pipeline.data.sources.lerobot import LeRobotSource
 
 FIELDS = {  # (layout, template) -> the fields it is filled with
     ("v2", "data_path"): "{episode_chunk}, {episode_index}",

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 from pipeline.config import check
-from pipeline.sources.base import (
+from pipeline.data.sources.base import (
     DatasetParams,
     Episode,
     EpisodeError,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline.sources.base import (  # noqa: F401  (re-exported)
+from pipeline.data.sources.base import (  # noqa: F401  (re-exported)
     DatasetParams,
     Episode,
     EpisodeError,
@@ -20,10 +20,10 @@ from pipeline.sources.base import (  # noqa: F401  (re-exported)
 
 # kind -> (module, params class name, source class name)
 REGISTRY: dict[str, tuple[str, str, str]] = {
-    "synthetic": ("pipeline.sources.synthetic", "SyntheticParams", "SyntheticSource"),
-    "video_folder": ("pipeline.sources.video_folder", "VideoFolderParams", "VideoFolderSource"),
-    "pusht_zarr": ("pipeline.sources.pusht", "PushTParams", "PushTSource"),
-    "lerobot": ("pipeline.sources.lerobot", "LeRobotParams", "LeRobotSource"),
+    "synthetic": ("pipeline.data.sources.synthetic", "SyntheticParams", "SyntheticSource"),
+    "video_folder": ("pipeline.data.sources.video_folder", "VideoFolderParams", "VideoFolderSource"),
+    "pusht_zarr": ("pipeline.data.sources.pusht", "PushTParams", "PushTSource"),
+    "lerobot": ("pipeline.data.sources.lerobot", "LeRobotParams", "LeRobotSource"),
 }
 
 

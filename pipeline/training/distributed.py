@@ -19,12 +19,17 @@ class Dist:
         return self.rank == 0
 
 
+def device() -> torch.device:
+    """The device of a single-process run: the first GPU where there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def init() -> Dist:
     """Join the torchrun process group if there is one (NCCL on CUDA, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     if world == 1:
-        return Dist(0, 1, torch.device("cuda" if cuda else "cpu"))
+        return Dist(0, 1, device())
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local)
@@ -36,17 +41,3 @@ def init() -> Dist:
 def barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()
-
-
-def broadcast_error(d: Dist, message: str | None) -> str | None:
-    """Share rank 0's error (or None) with every rank, so all stop together."""
-    if d.world == 1:
-        return message
-    box = [message]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def shutdown(d: Dist) -> None:
-    if d.world > 1 and dist.is_initialized():
-        dist.destroy_process_group()

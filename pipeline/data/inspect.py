@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import store
+from pipeline.data import store
 from pipeline.progress import track
 
 # dila.* attributes every complete store carries.

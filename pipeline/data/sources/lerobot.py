@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import check
-from pipeline.sources.base import (
+from pipeline.data.sources.base import (
     DatasetParams,
     Episode,
     EpisodeError,
@@ -59,8 +59,8 @@ from pipeline.sources.base import (
     kept_raw,
     raw_slice,
 )
-from pipeline.sources import lerobot_check
-from pipeline.sources.video import TimeWindow, decode
+from pipeline.data.sources import lerobot_check
+from pipeline.data.sources.video import TimeWindow, decode
 
 V2_VERSIONS = ("v2.0", "v2.1")
 V3_VERSIONS = ("v3.0",)
@@ -242,7 +242,7 @@ class LeRobotSource(Source):
 
     def check_params(self, where: str) -> None:
         """The camera, action key and labels name what the dataset has, and each path template finds
-        files (see pipeline.sources.lerobot_check)."""
+        files (see pipeline.data.sources.lerobot_check)."""
         lerobot_check.check_params(self, where, v2=self.info["codebase_version"] in V2_VERSIONS)
 
     # ---- episodes ----------------------------------------------------------------

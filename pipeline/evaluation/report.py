@@ -5,7 +5,7 @@ and, where present, its latents (z (M, d_z), family (M,), families (names)). Out
 the eval directory:
 
     table.md                  rows = variants + the "repeat last frame" baseline; then the
-                              paper's numbers beside ours (pipeline/paper.py)
+                              paper's numbers beside ours (pipeline/evaluation/paper.py)
     plots/rollout_error.png   token MSE and cosine vs horizon step, per variant, with the baseline
     plots/latent_pca.png      z projected on its first two principal components, per variant,
                               coloured by the true motion family
@@ -23,8 +23,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pipeline.metrics import pca_2d
-from pipeline.paper import comparison, lookup
+from pipeline.evaluation.metrics import pca_2d
+from pipeline.evaluation.paper import comparison, lookup
 
 BASELINE = "repeat last frame"
 DASH = "—"

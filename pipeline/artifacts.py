@@ -1,0 +1,158 @@
+"""Where every stage writes, and how its outputs are read back: the one module that knows.
+
+Every path comes from `params.paths` (written once in params.yaml). A stage writes its
+outputs through these functions and reads its inputs through the readers below, so no
+stage imports another. A reader of a missing input raises `MissingInput`, whose message
+names the file and the command that makes it.
+
+    <paths.prepared>/<dataset>.json                      prepare: the manifest
+    <paths.features>/<dataset>.zarr                      extract: the feature store
+    <paths.features>/<dataset>.failures.json             extract: episodes that failed to decode
+    <paths.models>/pixel_decoder/{model.safetensors, samples.png, metrics.json}
+    <paths.models>/pixel_decoder.resume/state.safetensors   pixel_decoder: resume state (while unfinished)
+    <paths.models>/<variant>/<phase>/model.safetensors   train/finetune: final weights
+    <paths.models>/<variant>/<phase>/model.json          ... and what made them
+    <paths.models>/<variant>/<phase>.resume/state.safetensors   resume state (while unfinished)
+    <paths.models>/<variant>/finetune/skipped.json       finetune of a model without phase 2
+    <paths.logs>/<variant>/<phase>/                      DVCLive: metrics.json, plots/metrics/
+    <paths.eval>/rollouts/<variant>/tokens.zarr          rollout: true and predicted tokens
+    <paths.eval>/<variant>/{metrics.json, details.json, latents.npz}   evaluate
+    <paths.report>/{table.md, plots/}                    report
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import to_dict
+from pipeline.params import Params
+
+PHASES = ("train", "finetune")
+MANIFEST_FORMAT = "dila-manifest/1"
+
+
+class MissingInput(Exception):
+    """A stage's input does not exist (yet) or is stale: the message says which command makes it."""
+
+
+def _phase(phase: str) -> str:
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r} is not one of {', '.join(PHASES)}")
+    return phase
+
+
+# -- stage one ------------------------------------------------------------------------------------
+
+def manifest_path(params: Params, name: str) -> Path:
+    return Path(params.paths.prepared) / f"{name}.json"
+
+
+def store_path(params: Params, name: str) -> Path:
+    return Path(params.paths.features) / f"{name}.zarr"
+
+
+def failures_path(params: Params, name: str) -> Path:
+    return Path(params.paths.features) / f"{name}.failures.json"
+
+
+def read_manifest(params: Params, name: str) -> dict[str, Any]:
+    """The manifest `prepare` wrote for dataset `name`; a clear error when it is missing or stale."""
+    path = manifest_path(params, name)
+    if not path.is_file():
+        raise MissingInput(f"{path}: no manifest for dataset {name!r}; run `dila prepare {name}` first")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise MissingInput(f"{path}: not a dila manifest (format {manifest.get('format')!r}); "
+                           f"run `dila prepare {name}` again")
+    if manifest["source"]["params"] != to_dict(params.dataset(name)):
+        raise MissingInput(f"{path}: written for other settings of datasets.{name}; run `dila prepare {name}` again")
+    if not manifest["episodes"]:
+        raise MissingInput(f"{path}: none of the episodes of dataset {name!r} could be read (the manifest lists each "
+                           f"with its reason); fix the data or datasets.{name} and run `dila prepare {name}` again")
+    return manifest
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+def pixel_decoder_dir(params: Params) -> Path:
+    return Path(params.paths.models) / "pixel_decoder"
+
+
+def pixel_decoder_weights(params: Params) -> Path:
+    return pixel_decoder_dir(params) / "model.safetensors"
+
+
+def pixel_decoder_state(params: Params) -> Path:
+    return Path(params.paths.models) / "pixel_decoder.resume" / "state.safetensors"
+
+
+def model_dir(params: Params, variant: str, phase: str) -> Path:
+    return Path(params.paths.models) / variant / _phase(phase)
+
+
+def final_weights(params: Params, variant: str, phase: str) -> Path:
+    """The final weights of `variant` after `phase` ("train" or "finetune")."""
+    return model_dir(params, variant, phase) / "model.safetensors"
+
+
+def final_record(params: Params, variant: str, phase: str) -> Path:
+    """JSON beside the final weights: store, encoder, split, code version, config, final validation."""
+    return model_dir(params, variant, phase) / "model.json"
+
+
+def skipped_record(params: Params, variant: str) -> Path:
+    """Written by finetune in place of weights for a model family without a phase-2 objective."""
+    return model_dir(params, variant, "finetune") / "skipped.json"
+
+
+def resume_state(params: Params, variant: str, phase: str) -> Path:
+    return model_dir(params, variant, phase).with_name(f"{phase}.resume") / "state.safetensors"
+
+
+def log_dir(params: Params, variant: str, phase: str) -> Path:
+    """DVCLive directory of one run: metrics.json and plots/metrics/."""
+    return Path(params.paths.logs) / variant / _phase(phase)
+
+
+def read_record(params: Params, variant: str, phase: str) -> dict[str, Any]:
+    """The record beside `variant`'s final weights of `phase`."""
+    path = final_record(params, variant, phase)
+    if not path.is_file():
+        raise MissingInput(f"{path}: no {phase} record for variant {variant!r}; run `dila {phase} {variant}` first")
+    return json.loads(path.read_text())
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+
+def rollout_dir(params: Params, variant: str) -> Path:
+    return Path(params.paths.eval) / "rollouts" / variant
+
+
+def rollout_store(params: Params, variant: str) -> Path:
+    return rollout_dir(params, variant) / "tokens.zarr"
+
+
+def metrics_path(params: Params, variant: str) -> Path:
+    return Path(params.paths.eval) / variant / "metrics.json"
+
+
+def details_path(params: Params, variant: str) -> Path:
+    return Path(params.paths.eval) / variant / "details.json"
+
+
+def latents_path(params: Params, variant: str) -> Path:
+    return Path(params.paths.eval) / variant / "latents.npz"
+
+
+def read_evaluation(params: Params, variant: str) -> dict[str, Any]:
+    """Everything evaluate wrote for `variant`: its details JSON (the headline metrics are a
+    subset of it)."""
+    path = details_path(params, variant)
+    if not path.is_file():
+        raise MissingInput(f"{path}: no evaluation of variant {variant!r}; run `dila evaluate {variant}` first")
+    return json.loads(path.read_text())
+
+
+def report_dir(params: Params) -> Path:
+    return Path(params.paths.report)

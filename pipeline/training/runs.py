@@ -1,0 +1,134 @@
+"""One training run of a variant, end to end: its data, its model, the loop, its final files; and
+the final model of a variant read back for rollouts and evaluation.
+
+The model of a variant is built through the model-family registry
+(`dila_core.world_model.FAMILIES`) from `model.preset` and the store's token grid and width,
+so this module, like the trainer, knows no family by name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dila_core import world_model
+from dila_core.bottleneck import BOTTLENECKS
+from pipeline import artifacts
+from pipeline.config import ParamsError, to_dict
+from pipeline.data.windows import Windows, split_windows
+from pipeline.params import OptimParams, Params
+from pipeline.provenance import code_hash, code_version
+from pipeline.training import distributed
+from pipeline.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pipeline.training.trainer import RunFiles, TrainSpec, clear_state, train
+
+def check_variant(params: Params, variant: str) -> world_model.Family:
+    """variants.<variant>'s family, variant and bottleneck checked against the registries."""
+    v = params.variant(variant)
+    where = f"variants.{variant}"
+    if v.family not in world_model.FAMILIES:
+        raise ParamsError(f"{where}.family: {v.family!r} is not a registered model family "
+                          f"(registered: {', '.join(world_model.FAMILIES)})")
+    fam = world_model.FAMILIES[v.family]
+    if v.variant not in fam.variants:
+        raise ParamsError(f"{where}.variant: {v.variant!r} is not a variant of family {v.family!r} "
+                          f"(its variants: {', '.join(fam.variants)})")
+    if v.bottleneck not in BOTTLENECKS:
+        raise ParamsError(f"{where}.bottleneck: {v.bottleneck!r} is not a bottleneck "
+                          f"(known: {', '.join(BOTTLENECKS)})")
+    return fam
+
+
+def model_config(params: Params, variant: str, grid: tuple[int, int], dim: int):
+    """The variant's model config on a store's token grid and width."""
+    v = params.variant(variant)
+    return check_variant(params, variant).build_config(params.model.preset, v.variant, v.bottleneck,
+                                                       grid=grid, token_dim=dim)
+
+
+def variant_capabilities(params: Params, variant: str, grid: tuple[int, int] = (1, 1),
+                         dim: int = 1) -> world_model.Capabilities:
+    """What variant's model can do, from its config alone (no store, no weights needed)."""
+    return world_model.capabilities(model_config(params, variant, grid, dim))
+
+
+def final_phase(params: Params, variant: str) -> str:
+    """The phase whose weights are a variant's final model: "finetune" where its family has a
+    phase-2 objective, else "train"."""
+    return "finetune" if variant_capabilities(params, variant).phase2 else "train"
+
+
+def open_windows(params: Params, name: str | None = None, length: int | None = None,
+                 what: str = "train.seq_len") -> tuple[Windows, Windows]:
+    """(train, val) windows of dataset `name`'s store (default train.dataset) of `length` frames
+    (default train.seq_len; `what` names the setting in errors), `train.frame_skip` apart, split
+    by episode as every stage-two stage splits them."""
+    t = params.train
+    return split_windows(artifacts.store_path(params, name or t.dataset), t.val_fraction, params.seed,
+                         length or t.seq_len, t.frame_skip, what)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def spec_for(params: Params, objective: str, steps: int, checkpoint_every: int, optim: OptimParams) -> TrainSpec:
+    t = params.train
+    return TrainSpec(objective=objective, steps=steps, batch_size=t.batch_size, optim=optim,
+                     checkpoint_every=checkpoint_every, val_every=t.val_every, val_batches=t.val_batches,
+                     log_every=t.log_every, workers=t.workers, seed=params.seed)
+
+
+def fit(params: Params, variant: str, phase: str, model: nn.Module, data: tuple[Windows, Windows],
+        spec: TrainSpec, extra: dict[str, Any], d: distributed.Dist, show_progress: bool, stage: str) -> Path:
+    """Train `model` per `spec`, then (rank 0) write the final weights, their record, and drop the
+    resume state. `extra` joins both the resume plan and the record; `stage` is the calling stage's
+    module, whose code (`code_hash`) decides whether a resume state is reused. Returns the weights' path."""
+    train_set, val_set = data
+    store = {"path": str(train_set.path), "dataset": params.train.dataset,
+             "plan_sha256": train_set.attrs.get("plan_sha256"), "encoder": train_set.attrs.get("encoder")}
+    plan = {"phase": phase, "variant": variant, "config": to_dict(model.cfg), "store": store,
+            "windows": {"seq_len": train_set.seq_len, "frame_skip": train_set.frame_skip,
+                        "val_fraction": params.train.val_fraction, "seed": params.seed},
+            "code_sha256": code_hash(stage), **extra}
+    files = RunFiles(state=artifacts.resume_state(params, variant, phase), live=artifacts.log_dir(params, variant, phase))
+    val = train(model, spec, train_set, val_set, files, plan, d, show_progress=show_progress)
+    out = artifacts.final_weights(params, variant, phase)
+    if d.is_main:
+        save_checkpoint(out, model, spec.steps)
+        record = {**plan, "variant_params": to_dict(params.variant(variant)), "spec": to_dict(spec),
+                  "encoder_weights": (store["encoder"] or {}).get("weights"), "world": d.world,
+                  "val": val, "code_version": code_version(),
+                  "split": {"train_episodes": train_set.episodes.tolist(), "val_episodes": val_set.episodes.tolist()}}
+        artifacts.final_record(params, variant, phase).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        clear_state(files, d)
+    distributed.barrier(d)
+    return out
+
+
+def load_final_model(params: Params, variant: str, windows: Windows, dev: torch.device):
+    """A variant's final model (`final_phase`), checked against params and the store:
+    (model in eval mode, phase, step, path)."""
+    phase = final_phase(params, variant)
+    path = artifacts.final_weights(params, variant, phase)
+    if not path.is_file():
+        raise artifacts.MissingInput(f"{path}: no {phase} weights for variant {variant!r}; "
+                                     f"run `dila {phase} {variant}` first")
+    model, step = load_checkpoint(path, dev)
+    v = params.variant(variant)
+    got = (world_model.family_of(model), model.cfg.variant, model.cfg.bottleneck.kind)
+    if got != (v.family, v.variant, v.bottleneck):
+        raise CheckpointError(f"{path}: holds a {'/'.join(got)} model (family/variant/bottleneck), but "
+                              f"variants.{variant} is {v.family}/{v.variant}/{v.bottleneck}; train it again")
+    if (tuple(model.cfg.grid), model.cfg.token_dim) != (windows.grid, windows.dim):
+        raise CheckpointError(f"{path}: model expects a {tuple(model.cfg.grid)} x {model.cfg.token_dim} token grid, "
+                              f"the store {windows.path} holds {windows.grid} x {windows.dim}")
+    return model.eval(), phase, step, path
