@@ -1,5 +1,8 @@
 """Where every stage writes, and how its outputs are read back: the one module that knows.
 
+Metrics files (DVC `metrics:`) hold a handful of headline numbers with the same keys for every
+variant; everything else a stage measures goes to a details JSON beside them.
+
 Every path comes from `params.paths` (written once in params.yaml). A stage writes its
 outputs through these functions and reads its inputs through the readers below, so no
 stage imports another. A reader of a missing input raises `MissingInput`, whose message
@@ -8,13 +11,14 @@ names the file and the command that makes it.
     <paths.prepared>/<dataset>.json                      prepare: the manifest
     <paths.features>/<dataset>.zarr                      extract: the feature store
     <paths.features>/<dataset>.failures.json             extract: episodes that failed to decode
-    <paths.models>/pixel_decoder/{model.safetensors, samples.png, metrics.json}
+    <paths.models>/pixel_decoder/{model.safetensors, samples.png, metrics.json, details.json}
     <paths.models>/pixel_decoder.resume/state.safetensors   pixel_decoder: resume state (while unfinished)
     <paths.models>/<variant>/<phase>/model.safetensors   train/finetune: final weights
     <paths.models>/<variant>/<phase>/model.json          ... and what made them
     <paths.models>/<variant>/<phase>.resume/state.safetensors   resume state (while unfinished)
     <paths.models>/<variant>/finetune/skipped.json       finetune of a model without phase 2
-    <paths.logs>/<variant>/<phase>/                      DVCLive: metrics.json, plots/metrics/
+    <paths.logs>/<variant>/<phase>/summary.json          train/finetune: headline numbers
+    <paths.logs>/<variant>/<phase>/                      ... and DVCLive: metrics.json, plots/metrics/
     <paths.eval>/rollouts/<variant>/tokens.zarr          rollout: true and predicted tokens
     <paths.eval>/<variant>/{metrics.json, details.json, latents.npz}   evaluate
     <paths.report>/{table.md, plots/}                    report
@@ -87,6 +91,14 @@ def pixel_decoder_state(params: Params) -> Path:
     return Path(params.paths.models) / "pixel_decoder.resume" / "state.safetensors"
 
 
+def pixel_decoder_metrics(params: Params) -> Path:
+    return pixel_decoder_dir(params) / "metrics.json"
+
+
+def pixel_decoder_details(params: Params) -> Path:
+    return pixel_decoder_dir(params) / "details.json"
+
+
 def model_dir(params: Params, variant: str, phase: str) -> Path:
     return Path(params.paths.models) / variant / _phase(phase)
 
@@ -113,6 +125,11 @@ def resume_state(params: Params, variant: str, phase: str) -> Path:
 def log_dir(params: Params, variant: str, phase: str) -> Path:
     """DVCLive directory of one run: metrics.json and plots/metrics/."""
     return Path(params.paths.logs) / variant / _phase(phase)
+
+
+def summary_path(params: Params, variant: str, phase: str) -> Path:
+    """The headline numbers of one training run (DVC metrics)."""
+    return log_dir(params, variant, phase) / "summary.json"
 
 
 def read_record(params: Params, variant: str, phase: str) -> dict[str, Any]:

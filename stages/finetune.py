@@ -26,6 +26,7 @@ from pipeline.training.runs import (
     model_config,
     open_windows,
     spec_for,
+    write_summary,
 )
 from pipeline.training.trainer import seed_everything
 
@@ -74,7 +75,8 @@ def skip(params: Params, variant: str, init: Path, d: distributed.Dist) -> Path:
         record = {"variant": variant, "skipped": why, "final_weights": {"path": str(init), "sha256": file_sha256(init)}}
         live = artifacts.log_dir(params, variant, "finetune")
         (live / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
-        (live / "metrics.json").write_text(json.dumps({"skipped": why}, indent=1) + "\n")
+        (live / "metrics.json").write_text("{}\n")  # DVCLive's summary: nothing was logged
+        write_summary(params, variant, "finetune", None, {})
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     distributed.barrier(d)

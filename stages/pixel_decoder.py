@@ -12,7 +12,8 @@ training frame.
 Outputs, under `<paths.models>/pixel_decoder/`:
 - `model.safetensors`: weights; metadata holds the decoder config, the step, the store's
   encoder record and plan hash and EPS (`pipeline.training.checkpoint`); rewritten every `checkpoint_every` steps;
-- `metrics.json`: validation MSE/PSNR, the baseline, steps, time, encoder record;
+- `metrics.json`: the headline validation PSNR beside the mean-frame baseline; `details.json`:
+  validation MSE/PSNR, the baseline, steps, time, encoder record;
 - `samples.png`: held-out frames (top row) above their decoded tokens (bottom row).
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ from pipeline.training.trainer import build_optimizer
 TOKEN_MEMORY = 2 * 2**30   # a store's tokens up to this many bytes are read into memory once
 EVAL_FRAMES = 1024         # validation (and the train-fit report) use at most this many frames
 SAMPLES = 8                # frames shown in samples.png
+HEADLINE = ("val_psnr", "baseline_mean_frame_val_psnr")  # metrics.json; details.json holds everything
 
 
 class TokenRows:
@@ -238,6 +240,8 @@ def run(params: Params, show_progress: bool = True) -> Path:
         "baseline_mean_frame_val_psnr": quality(mean_frame_errors(pairs, train_idx, val_eval))["psnr"],
         **fit, "seconds": round(time.perf_counter() - start, 1),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    artifacts.pixel_decoder_details(params).write_text(json.dumps(metrics, indent=1) + "\n")
+    headline = {k: metrics[k] for k in HEADLINE}
+    artifacts.pixel_decoder_metrics(params).write_text(json.dumps(headline, indent=1) + "\n")
     save_samples(out / "samples.png", model, pairs, spread(val_idx, SAMPLES))
     return path

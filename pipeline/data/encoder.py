@@ -9,6 +9,8 @@ weights, and `FrozenEncoder.record` says so, for every artifact to store.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,3 +176,20 @@ def load_encoder(params: EncoderParams, seed: int) -> FrozenEncoder:
         registers=getattr(cfg, "num_register_tokens", 0),
     )
     return FrozenEncoder(backbone, params, record)
+
+
+def load_recorded(record: dict, defaults: EncoderParams) -> FrozenEncoder:
+    """The frozen encoder a store's `encoder` record names (model, weights, input size, final norm),
+    rebuilt exactly: the same seed for a random-init one, the same revision for pretrained weights.
+    EncoderUnavailable when the record cannot be rebuilt or the weights cannot be loaded."""
+    weights = record["weights"]
+    random = re.fullmatch(r"random-init \(seed (\d+)\)", weights)
+    if random is None and not weights.startswith("pretrained@"):
+        raise EncoderUnavailable(f"cannot rebuild an encoder from the record weights={weights!r}")
+    params = dataclasses.replace(defaults, model=record["model"], weights="random" if random else "pretrained",
+                                 revision=defaults.revision if random else weights.split("@", 1)[1],
+                                 input_size=record["input_size"], final_norm=record["final_norm"])
+    encoder = load_encoder(params, int(random.group(1)) if random else 0)
+    if encoder.record.weights != weights:
+        raise EncoderUnavailable(f"loaded encoder weights {encoder.record.weights!r}, the record says {weights!r}")
+    return encoder

@@ -1,8 +1,8 @@
 """The evaluation report: a Markdown table shaped like the paper's ablation table, and plots.
 
-Input: every variant's metrics.json (the evaluate stage's schema, see stages/evaluate.py)
-and, where present, its latents (z (M, d_z), family (M,), families (names)). Output under
-the eval directory:
+Input: every variant's evaluation details (details.json, the evaluate stage's schema, see
+stages/evaluate.py) and, where present, its latents (z (M, d_z), family (M,), families
+(names)). Output under the report directory (`paths.report`):
 
     table.md                  rows = variants + the "repeat last frame" baseline; then the
                               paper's numbers beside ours (pipeline/evaluation/paper.py)
@@ -11,7 +11,7 @@ the eval directory:
                               coloured by the true motion family
 
 A value that could not be computed reads "n/a [k]" in its cell, with note k giving the
-reason recorded in metrics.json. The header names the encoder weights, so a run on a
+reason recorded in details.json. The header names the encoder weights, so a run on a
 random-init encoder is never read as a pretrained one.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _reason(m: dict[str, Any], key: str) -> str:
         prefix = ".".join(parts[:end])
         if prefix in unavailable:
             return unavailable[prefix]
-    return f"{key} not recorded in metrics.json"
+    return f"{key} not recorded in details.json"
 
 
 class Notes:
@@ -140,7 +140,7 @@ def _header(metrics: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def format_table(metrics: dict[str, dict[str, Any]], pusht: str | None = None) -> str:
-    """table.md for metrics {variant: metrics.json content} (in row order); `pusht` names the
+    """table.md for metrics {variant: details.json content} (in row order); `pusht` names the
     probed dataset set beside the paper's Push-T probe (none when None)."""
     if not metrics:
         raise ValueError("format_table: no variants to report")
@@ -200,15 +200,15 @@ def plot_latents(latents: dict[str, dict[str, np.ndarray]], path: Path) -> Path 
     return path
 
 
-def write_report(eval_dir: Path, metrics: dict[str, dict[str, Any]],
+def write_report(out_dir: Path, metrics: dict[str, dict[str, Any]],
                  latents: dict[str, dict[str, np.ndarray]], pusht: str | None = None) -> Path:
-    """table.md and the plots under eval_dir; returns table.md's path. Stale plots are removed."""
-    plots = eval_dir / "plots"
+    """table.md and the plots under out_dir; returns table.md's path. Stale plots are removed."""
+    plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     for old in plots.glob("*.png"):
         old.unlink()
     plot_rollout_error(metrics, plots / "rollout_error.png")
     plot_latents(latents, plots / "latent_pca.png")
-    table = eval_dir / "table.md"
+    table = out_dir / "table.md"
     table.write_text(format_table(metrics, pusht))
     return table

@@ -17,6 +17,7 @@ from torch import nn
 
 from dila_core import world_model
 from dila_core.bottleneck import BOTTLENECKS
+from dila_core.world_model import PREDICTION_LOSS
 from pipeline import artifacts
 from pipeline.config import ParamsError, to_dict
 from pipeline.data.windows import Windows, split_windows
@@ -109,9 +110,20 @@ def fit(params: Params, variant: str, phase: str, model: nn.Module, data: tuple[
                   "val": val, "code_version": code_version(),
                   "split": {"train_episodes": train_set.episodes.tolist(), "val_episodes": val_set.episodes.tolist()}}
         artifacts.final_record(params, variant, phase).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        write_summary(params, variant, phase, spec.steps, val)
         clear_state(files, d)
     distributed.barrier(d)
     return out
+
+
+def write_summary(params: Params, variant: str, phase: str, step: int | None, val: dict[str, float]) -> Path:
+    """The run's headline numbers, the same keys for every variant and phase: its last step, the
+    final validation objective and teacher-forced token MSE (null for a phase that did not run)."""
+    path = artifacts.summary_path(params, variant, phase)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary = {"step": step, "val_loss": val.get("loss"), f"val_{PREDICTION_LOSS}": val.get(PREDICTION_LOSS)}
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    return path
 
 
 def load_final_model(params: Params, variant: str, windows: Windows, dev: torch.device):

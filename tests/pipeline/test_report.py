@@ -103,7 +103,7 @@ def test_missing_value_without_a_recorded_reason_says_so():
     del m["cycle_transfer"]["ssim"]
     table = report.format_table({"dila": m})
     assert "| 0.3333 | n/a [2] |" in table
-    assert "[2] cycle_transfer.ssim not recorded in metrics.json" in table
+    assert "[2] cycle_transfer.ssim not recorded in details.json" in table
 
 
 def test_baseline_row_without_any_rollout():

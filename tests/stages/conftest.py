@@ -3,6 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from pipeline import artifacts
 from stages import evaluate, extract, prepare, rollout
 from tests.stages.helpers import save_model, stage_params
 
@@ -20,4 +21,6 @@ def run(tmp_path_factory):
     model = save_model(params, "dila")
     rollout.run(params, "dila")
     path = evaluate.run(params, "dila")
-    return SimpleNamespace(params=params, tmp=tmp, model=model, path=path, metrics=json.loads(path.read_text()))
+    details = json.loads(artifacts.details_path(params, "dila").read_text())
+    return SimpleNamespace(params=params, tmp=tmp, model=model, path=path, metrics=details,
+                           headline=json.loads(path.read_text()))

@@ -10,10 +10,11 @@ import zarr
 from pipeline import artifacts
 from pipeline.artifacts import final_record
 from pipeline.data import windows
+from pipeline.data.sources import build_source
 from pipeline.data.sources.synthetic import MOTIONS
 from pipeline.data.split import split_episodes
 from pipeline.data.store import open_store
-from pipeline.evaluation import clips
+from pipeline.evaluation import clips, sections
 from pipeline.evaluation import metrics as M
 from pipeline.training import runs
 from stages import evaluate, rollout
@@ -35,6 +36,16 @@ def test_metrics_file_identifies_model_data_and_encoder(run):
     assert m["encoder_weights"] == "random-init (seed 0)" and m["encoder"]["weights"] == "random-init (seed 0)"
     assert (m["model"]["phase"], m["model"]["step"], m["model"]["bottleneck"]) == ("finetune", 5, "continuous")
     assert m["clips"] == {"count": 2, "frames": 4, "frame_skip": 1}
+
+
+def test_metrics_file_holds_the_headline_numbers_of_the_details(run):
+    m, h = run.metrics, run.headline
+    assert list(h) == ["rollout_mse", "repeat_last_mse", "z_usage", "teacher_forced_mse", "readout_ratio",
+                       "cycle_transfer_mse", "probe_synthetic_r2"]
+    assert (h["rollout_mse"], h["repeat_last_mse"]) == (m["rollout"]["token_mse"], m["rollout"]["baseline"]["token_mse"])
+    assert h["z_usage"] == m["rollout"]["z_usage"] and h["cycle_transfer_mse"] == m["cycle_transfer"]["token_mse"]
+    assert (h["teacher_forced_mse"], h["readout_ratio"]) == (None, None) and "teacher_forced" in m["unavailable"]
+    assert h["probe_synthetic_r2"] == m["probe"]["synthetic"]["r2"]
 
 
 def test_rollout_errors_are_computed_from_the_stored_rollouts(run):
@@ -101,12 +112,11 @@ def test_probe_fits_on_train_episodes_and_scores_held_out_ones(run):
 
 def test_probe_targets_are_the_actions_at_frame_skip_one(run):
     clips = val_clips(run.params)
-    np.testing.assert_allclose(evaluate.probe_targets("synthetic", run.params, clips),
-                               clips["actions"][:, :-1], atol=1e-6)
-    del clips["actions"]
-    clips["labels"].pop("pose")
-    with pytest.raises(evaluate.Unavailable, match="has no actions"):
-        evaluate.probe_targets("synthetic", run.params, clips)
+    ctx = SimpleNamespace(source=lambda name: build_source(run.params.dataset(name)))
+    np.testing.assert_allclose(sections.probe_targets(ctx, "synthetic", clips), clips["actions"][:, :-1], atol=1e-6)
+    none = SimpleNamespace(source=lambda name: SimpleNamespace(probe_targets=lambda actions, labels: None))
+    with pytest.raises(sections.Unavailable, match="'synthetic' feature store has no actions"):
+        sections.probe_targets(none, "synthetic", clips)
 
 
 def test_latents_file_holds_validation_z_and_motion_families(run):
@@ -129,9 +139,10 @@ def test_teacher_forced_mse_is_read_from_the_phase_one_record(run):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"val": {"L_e": 0.25, "loss": 0.7}, "spec": {"steps": 12}}))
     e = val_clips(run.params)["e"]
-    ctx = SimpleNamespace(params=run.params, variant="dila", model=run.model, clips={"e": e}, dev=torch.device("cpu"))
+    ctx = SimpleNamespace(params=run.params, variant="dila", model=run.model, clips={"e": e}, dev=torch.device("cpu"),
+                          verb=lambda name: getattr(run.model, name))
     try:
-        got = evaluate.teacher_forced_section(ctx)
+        got = sections.teacher_forced_section(ctx)
         assert (got["val_mse"], got["step"], got["record"]) == (0.25, 12, str(path))
         with torch.no_grad():
             own = run.model.predict(torch.from_numpy(e)).numpy()
@@ -144,8 +155,8 @@ def test_teacher_forced_mse_is_read_from_the_phase_one_record(run):
         assert r["from_current_s"] == pytest.approx(np.square(from_current - e[:, 1:]).mean(), rel=1e-5)
         assert r["ratio"] == pytest.approx(r["from_current_s"] / r["from_true_next_s"])
         path.write_text(json.dumps({"val": {}, "spec": {"steps": 12}}))
-        with pytest.raises(evaluate.Unavailable, match="no final validation L_e"):
-            evaluate.teacher_forced_section(ctx)
+        with pytest.raises(sections.Unavailable, match="no final validation L_e"):
+            sections.teacher_forced_section(ctx)
     finally:
         path.unlink()
 
@@ -154,7 +165,8 @@ def test_pixel_metrics_with_a_pixel_decoder(run):
     p = run.params
     save_decoder(p, open_store(artifacts.store_path(p, "synthetic")).attrs["dila"]["plan_sha256"])
     try:
-        m = json.loads(evaluate.run(p, "dila").read_text())
+        evaluate.run(p, "dila")
+        m = json.loads(artifacts.details_path(p, "dila").read_text())
     finally:
         artifacts.pixel_decoder_weights(p).unlink()
         evaluate.run(p, "dila")
@@ -177,7 +189,10 @@ def test_variant_without_latent_actions(run):
     p = stage_params(run.tmp, "variants.nola.variant=no_latent_action")
     save_model(p, "nola", kind="no_latent_action", phase="train")
     rollout.run(p, "nola")
-    m = json.loads(evaluate.run(p, "nola").read_text())
+    headline = json.loads(evaluate.run(p, "nola").read_text())
+    m = json.loads(artifacts.details_path(p, "nola").read_text())
+    assert headline.keys() == run.headline.keys()  # the same columns for every variant
+    assert headline["z_usage"] is None and headline["rollout_mse"] is None
     gone = m["unavailable"]
     for key in ("rollout", "cycle_transfer", "probe.synthetic", "ground_truth.action_transfer"):
         assert "has no latent actions" in gone[key], key

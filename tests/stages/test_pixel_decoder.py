@@ -64,7 +64,9 @@ def test_run_learns_and_writes_its_artifacts(trained):
     params, path = trained
     out = artifacts.pixel_decoder_dir(params)
     assert path == out / "model.safetensors" and (out / "samples.png").is_file()
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "details.json").read_text())
+    headline = json.loads((out / "metrics.json").read_text())
+    assert headline == {k: metrics[k] for k in ("val_psnr", "baseline_mean_frame_val_psnr")}
     _, val_eps = split_episodes(6, params.train.val_fraction, params.seed)
     assert metrics["frames"] == {"train": 60 - 10 * len(val_eps), "val": 10 * len(val_eps),
                                  "val_evaluated": 10 * len(val_eps)}
@@ -85,7 +87,7 @@ def test_saved_decoder_loads_strictly_and_reproduces_the_metrics(trained):
     assert meta["config"] == stage.decoder_config(params.pixel_decoder, (3, 3), 384)
     pairs, ends, _ = stage.load_pairs(params, "synthetic")
     _, val = split_frames(ends, params.train.val_fraction, params.seed)
-    metrics = json.loads((artifacts.pixel_decoder_dir(params) / "metrics.json").read_text())
+    metrics = json.loads(artifacts.pixel_decoder_details(params).read_text())
     assert stage.quality(stage.frame_errors(decoder, pairs, val))["mse"] == pytest.approx(metrics["val_mse"], rel=1e-5)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 from pipeline.data.sources.base import (  # noqa: F401  (re-exported)
+    Counterfactuals,
     DatasetParams,
     Episode,
     EpisodeError,

@@ -10,7 +10,6 @@ index `i` of an episode always means the i-th *kept* frame.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -165,6 +164,41 @@ class Source(abc.ABC):
         """Raise ParamsError (naming `where`.key) for a param that names something the data does not
         have, before any episode is read. Sources whose params name nothing in the data keep this."""
 
+    # -- ground truth: what the source knows about its episodes beyond the frames ----------------
+    # Evaluation asks these instead of knowing any source's internals. The defaults know only
+    # the stored actions.
+
+    def probe_targets(self, actions: np.ndarray | None, labels: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The true action of every transition of clips with stored `actions` (N, T, a) and `labels`
+        {name: (N, T, ...)}: (N, T-1, a'), or None when the source has none."""
+        return None if actions is None else actions[:, :-1]
+
+    def translation_dims(self, n_dims: int) -> tuple[int, ...]:
+        """Which of the `n_dims` probe-target dimensions are image-plane translations (empty: unknown)."""
+        return ()
+
+    def motion_names(self) -> tuple[str, ...]:
+        """Names of the motion-family ids in labels["motion"] (empty: the source has no families)."""
+        return ()
+
+    def counterfactuals(self) -> Counterfactuals | None:
+        """A renderer of what-if clips (another appearance under a clip's motion), or None."""
+        return None
+
+
+class Counterfactuals(abc.ABC):
+    """Renders clips that never happened, from the labels of real ones (each {name: (T, ...)})."""
+
+    @abc.abstractmethod
+    def compatible(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+        """Whether clip b's appearance can be rendered under clip a's motion (the same scene layout)."""
+
+    @abc.abstractmethod
+    def render(self, look: dict[str, np.ndarray], motion: dict[str, np.ndarray],
+               start: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Frames (T, H, W, 3) uint8, as `load` gives them, of `look`'s appearance moving as `motion`
+        moves: at motion's poses, or (with `start`) by motion's pose changes from start's first pose."""
+
 
 def kept_indices(n_raw: int, params: DatasetParams) -> np.ndarray:
     """Raw frame indices kept by `frame_stride` and `max_frames` from an episode of n_raw frames."""
@@ -181,11 +215,6 @@ def apply_resize(frames: np.ndarray, params: DatasetParams) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
     x = F.interpolate(x, size=tuple(params.resize), mode="bilinear", antialias=True, align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def replace(params: DatasetParams, **changes) -> DatasetParams:
-    """A copy of `params` with some fields changed (tests use it)."""
-    return dataclasses.replace(params, **changes)
 
 
 def kept_raw(n_raw: int, params: DatasetParams, start: int, stop: int | None, origin: str) -> np.ndarray:

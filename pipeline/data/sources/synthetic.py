@@ -43,6 +43,7 @@ import hashlib
 import json
 import math
 import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,8 +53,8 @@ import numpy as np
 from pipeline.config import check, to_dict
 from pipeline.data.sources import looks
 from pipeline.data.sources.looks import PATTERNS, SHAPES, Look, background_look, object_look, signed_distance  # noqa: F401
-from pipeline.data.sources.base import (DatasetParams, Episode, EpisodeError, EpisodeRef, LabelSpec, Schema,
-                                   Source, apply_resize, kept_indices)
+from pipeline.data.sources.base import (Counterfactuals, DatasetParams, Episode, EpisodeError, EpisodeRef, LabelSpec,
+                                        Schema, Source, apply_resize, kept_indices)
 
 MOTIONS = ("translate", "scale", "rotate", "compose")
 MotionName = Literal["translate", "scale", "rotate", "compose"]
@@ -323,6 +324,22 @@ class SyntheticSource(Source):
         frames = apply_resize(self._paint(appearance, poses), p)
         return Episode(key, frames, actions.reshape(t, 4 * k), labels)
 
+    # -- ground truth ----------------------------------------------------------------------------
+    def probe_targets(self, actions: np.ndarray | None, labels: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The pose change of every object between the two frames of each transition, (N, T-1, 4K)
+        float64 (equal to the stored action when frame_stride is 1)."""
+        change = np.diff(labels["pose"].astype(np.float64), axis=1)               # (N, T-1, K, 4)
+        return change.reshape(*change.shape[:2], -1)
+
+    def translation_dims(self, n_dims: int) -> tuple[int, ...]:
+        return tuple(d for d in range(n_dims) if d % 4 in (0, 1))                  # (dx, dy) of every object
+
+    def motion_names(self) -> tuple[str, ...]:
+        return MOTIONS
+
+    def counterfactuals(self) -> Counterfactuals:
+        return _Counterfactuals(SyntheticSource(dataclasses.replace(self.params, frame_stride=1, max_frames=None)))
+
     def _index(self, ref: EpisodeRef) -> int:
         match = _KEY.fullmatch(ref.key)
         if match is None or int(match.group(1)) >= self.params.episodes:
@@ -374,3 +391,23 @@ class SyntheticSource(Source):
         distance = signed_distance(look.shape, u, v) * (radius * self.params.size)
         alpha = np.clip(0.5 - distance, 0.0, 1.0)[..., None]
         canvas += alpha * (look.shade(u, v) - canvas)
+
+
+class _Counterfactuals(Counterfactuals):
+    """Renders any stored appearance at any poses: the renderer draws the exact answer."""
+
+    def __init__(self, source: SyntheticSource):
+        self.source = source  # frame_stride 1: kept frame t shows exactly the pose it is given
+
+    def compatible(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+        return int(a["present"][0].sum()) == int(b["present"][0].sum())
+
+    def render(self, look: dict[str, np.ndarray], motion: dict[str, np.ndarray],
+               start: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        n = int(look["present"][0].sum())
+        poses = motion["pose"][:, :n]                                                 # (T, n, 4)
+        if start is not None:
+            poses = start["pose"][0, :n] + (poses - poses[0])
+        appearance = Appearance(look["content"][0, 0], look["content"][0, 1:n + 1])
+        path = Motion(int(motion["motion"][0]), np.concatenate([poses, poses[-1:]]))  # + the last outgoing pose
+        return self.source.render(appearance, path, 0, len(poses)).frames
