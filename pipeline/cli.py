@@ -50,7 +50,7 @@ def _guard(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (ParamsError, SourceError, EpisodeError, StoreError, EncoderUnavailable, CheckpointError,
-            MissingInput) as e:
+            MissingInput, FloatingPointError) as e:  # FloatingPointError: training diverged (lower the LR)
         _fail(str(e))
 
 

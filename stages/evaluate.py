@@ -42,9 +42,18 @@ import torch
 from pipeline import artifacts
 from pipeline.evaluation.clips import pick, stack
 from pipeline.evaluation.pixels import load_decoder
-from pipeline.evaluation.sections import (Context, Latents, cycle_section, ground_truth_section, isolation_section,
-                                          latents_file, probe_section, rollout_section, section,
-                                          teacher_forced_section)
+from pipeline.evaluation.sections import (
+    Context,
+    Latents,
+    cycle_section,
+    ground_truth_section,
+    isolation_section,
+    latents_file,
+    probe_section,
+    rollout_section,
+    section,
+    teacher_forced_section,
+)
 from pipeline.params import Params
 from pipeline.training.distributed import device
 from pipeline.training.runs import load_final_model, open_windows

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from dila_core.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from pipeline import artifacts
+from pipeline.config import to_dict
 from pipeline.data import store
 from pipeline.data.frames import ShardFrames
 from pipeline.data.sources import SourceError, build_source
@@ -43,9 +44,11 @@ from pipeline.data.windows import EPS, normalize
 from pipeline.evaluation.pixels import decode_tokens
 from pipeline.params import Params, PixelDecoderParams
 from pipeline.progress import track
+from pipeline.provenance import code_hash
 from pipeline.training.checkpoint import save_checkpoint
+from pipeline.training.distributed import Dist
 from pipeline.training.distributed import device as pick_device
-from pipeline.training.trainer import build_optimizer
+from pipeline.training.trainer import RunFiles, Trainer, TrainSpec, clear_state
 
 TOKEN_MEMORY = 2 * 2**30   # a store's tokens up to this many bytes are read into memory once
 EVAL_FRAMES = 1024         # validation (and the train-fit report) use at most this many frames
@@ -158,28 +161,43 @@ def batches(rng: np.random.Generator, idx: np.ndarray, size: int) -> Iterator[np
         pending = pending[size:]
 
 
+class PixelObjective(nn.Module):
+    """The decoder's loss for the trainer: MSE of decoded tokens x (B, h, w, D) to frames y (B, 3, S, S)."""
+
+    def __init__(self, decoder: PixelDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        x, y = batch
+        loss = F.mse_loss(self.decoder(x), y)
+        return loss, {"loss": loss.detach()}
+
+
 def train(model: PixelDecoder, pairs: Pairs, idx: np.ndarray, pd: PixelDecoderParams, seed: int,
-          checkpoint: Callable[[int], None], show: bool = False) -> dict[str, float]:
-    """Fit the decoder on frames idx for pd.steps steps; calls checkpoint(step) every checkpoint_every."""
-    device = next(model.parameters()).device
-    opt, schedule = build_optimizer(model, pd.optim, pd.steps)  # the trainer's AdamW + schedule
+          files: RunFiles, plan: dict[str, Any], show: bool = False) -> dict[str, float]:
+    """Fit the decoder on frames idx for pd.steps steps with the trainer's update (AdamW, clipping,
+    schedule) and resume state, written every pd.checkpoint_every steps; a killed run resumes
+    where its state is and ends with the same weights and numbers as an uninterrupted one."""
+    d = Dist(0, 1, next(model.parameters()).device)
+    spec = TrainSpec(objective="teacher_forcing", steps=pd.steps, batch_size=pd.batch_size, optim=pd.optim,
+                     checkpoint_every=pd.checkpoint_every, val_every=pd.steps, val_batches=1, log_every=pd.steps,
+                     workers=0, seed=seed)
+    run = Trainer(model, spec, files, plan, d, objective=PixelObjective(model))
     order = batches(np.random.default_rng([seed, 0x91C5]), idx, pd.batch_size)
-    losses = []
-    model.train()
-    for step in track(range(1, pd.steps + 1), "pixel_decoder: training", pd.steps, show):
-        x, y = pairs.batch(next(order), device)                    # (B, h, w, D), (B, 3, S, S)
-        loss = F.mse_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), pd.optim.grad_clip)
-        opt.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % pd.checkpoint_every == 0 or step == pd.steps:
-            checkpoint(step)
-    tail = max(1, len(losses) // 10)
-    return {"loss_first": losses[0], "loss_last": float(np.mean(losses[-tail:])),
-            "lr_last": schedule.get_last_lr()[0]}
+    for _ in range(run.start):                                     # the batches a resumed run already took
+        next(order)
+    tail = max(1, pd.steps // 10)                                  # loss_last: the mean over the last 10%
+    for step in track(range(run.start + 1, pd.steps + 1), "pixel_decoder: training", pd.steps - run.start, show):
+        loss = run.step(pairs.batch(next(order), d.device))["loss"]  # (B, h, w, D) -> (B, 3, S, S)
+        if step == 1:
+            run.notes["loss_first"] = loss
+        if step > pd.steps - tail:
+            run.notes.setdefault("loss_tail", []).append(loss)
+        if step % pd.checkpoint_every == 0 and step < pd.steps:
+            run.checkpoint(step)
+    return {"loss_first": run.notes["loss_first"], "loss_last": float(np.mean(run.notes["loss_tail"])),
+            "lr_last": run.sched.get_last_lr()[0]}
 
 
 def frame_errors(decoder: PixelDecoder, pairs: Pairs, idx: np.ndarray, chunk: int = 128) -> np.ndarray:
@@ -227,8 +245,13 @@ def run(params: Params, show_progress: bool = True) -> Path:
     meta = {"dataset": name, "encoder": attrs["encoder"], "store_plan_sha256": attrs.get("plan_sha256"),
             "norm_eps": EPS}
     path = artifacts.pixel_decoder_weights(params)
-    fit = train(model, pairs, train_idx, pd, params.seed,
-                lambda step: save_checkpoint(path, model, step, meta), show_progress)
+    files = RunFiles(state=artifacts.pixel_decoder_state(params), live=None)
+    plan = {"stage": "pixel_decoder", "config": to_dict(model.cfg), "meta": meta, "params": to_dict(pd),
+            "val_fraction": params.train.val_fraction, "seed": params.seed, "code_sha256": code_hash(__name__)}
+    fit = train(model, pairs, train_idx, pd, params.seed, files, plan, show_progress)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, pd.steps, meta)
+    clear_state(files, Dist(0, 1, device))
     model.eval()
     val_eval = spread(val_idx, EVAL_FRAMES)
     val = quality(frame_errors(model, pairs, val_eval))

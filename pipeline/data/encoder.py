@@ -18,7 +18,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, Dinov2Config, Dinov2WithRegistersConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    Dinov2Config,
+    Dinov2WithRegistersConfig,
+    PreTrainedModel,
+)
 
 from pipeline.params import PATCH, EncoderParams
 

@@ -1,6 +1,6 @@
 """The Zarr v3 feature store: the contract between stage one and stage two.
 
-Layout of one store (one dataset), see DESIGN §3:
+Layout of one store (one dataset):
 
     tokens          (F, h, w, D) float16   chunks of whole frames (~chunk_mb), shards of shard_frames
     episode_ends    (E,)         int64     exclusive end of each episode in F

@@ -1,7 +1,7 @@
 """The paper's numbers beside ours, and whether the ablation ordering agrees (for table.md).
 
-Paper numbers (DESIGN §4): the ablation on SSv2 + RT-1 (LPIPS of decoded frames, lower is
-better) and the out-of-domain Push-T probe MSE of z to the true actions. Our columns are
+Paper numbers, from the DiLA paper: the ablation on SSv2 + RT-1 (LPIPS of decoded frames,
+lower is better) and the out-of-domain Push-T probe MSE of z to the true actions. Our columns are
 what the evaluate stage measured on this run's data: LPIPS where it was computed, token
 MSE otherwise, so only the *ordering* of the models can be compared, never the values.
 A variant maps to a paper row by its (variant, bottleneck); others are left out.

@@ -61,13 +61,6 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, step: int, meta: d
     return safefile.save(path, tensors, metadata)
 
 
-def read_metadata(path: str | Path) -> tuple[Any, int, dict[str, Any]]:
-    """The model config, step and meta stored in a checkpoint, without reading its weights."""
-    path = Path(path)
-    with _open(path) as f:
-        return _parse_metadata(path, f.metadata())
-
-
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     family: str | None = None) -> tuple[torch.nn.Module, int]:
     """Rebuild the model from the checkpoint's family and config and load its weights strictly:

@@ -31,6 +31,7 @@ from pipeline.training.checkpoint import (
 )
 from pipeline.training.trainer import RunFiles, TrainSpec, clear_state, train
 
+
 def check_variant(params: Params, variant: str) -> world_model.Family:
     """variants.<variant>'s family, variant and bottleneck checked against the registries."""
     v = params.variant(variant)

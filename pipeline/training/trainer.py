@@ -50,6 +50,7 @@ from pipeline.data.windows import (
     loader,
 )
 from pipeline.params import OptimParams
+from pipeline.training.checkpoint import CheckpointError
 from pipeline.training.distributed import Dist, barrier
 
 FORMAT = "dila-train-state/1"
@@ -73,8 +74,8 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class RunFiles:
-    state: Path  # resume state (safetensors), removed by the caller once the final weights exist
-    live: Path   # DVCLive directory: metrics.json, plots/metrics/{train,val}/*.tsv
+    state: Path         # resume state (safetensors), removed by the caller once the final weights exist
+    live: Path | None   # DVCLive directory: metrics.json, plots/metrics/{train,val}/*.tsv (None: no curves)
 
 
 def lr_factor(optim: OptimParams, steps: int, k: int) -> float:
@@ -127,8 +128,9 @@ def _rank_states(d: Dist, meter: Meter | None) -> list[tuple[dict[str, Tensor], 
 
 
 def save_state(path: Path, model: nn.Module, opt, sched, step: int, plan: dict, d: Dist,
-               meter: Meter | None = None) -> None:
-    """Write the resume state of `step` (all ranks call it; rank 0 writes)."""
+               meter: Meter | None = None, notes: dict | None = None) -> None:
+    """Write the resume state of `step` (all ranks call it; rank 0 writes). `notes`: JSON-able values
+    a caller's loop keeps across a resume (floats round-trip exactly)."""
     ranks = _rank_states(d, meter)
     if not d.is_main:
         return
@@ -145,24 +147,27 @@ def save_state(path: Path, model: nn.Module, opt, sched, step: int, plan: dict, 
         tensors.update({f"rng/{dev}/{rank}": s.cpu() for dev, s in states.items()})
     meta = {"format": FORMAT, "step": str(step), "plan": json.dumps(plan, sort_keys=True),
             "optim_groups": json.dumps(optim["param_groups"]), "optim_scalars": json.dumps(scalars),
-            "scheduler": json.dumps(sched.state_dict()), "meters": json.dumps([m for _, m in ranks])}
+            "scheduler": json.dumps(sched.state_dict()), "meters": json.dumps([m for _, m in ranks]),
+            "notes": json.dumps(notes or {})}
     safefile.save(path, tensors, meta)
 
 
-def load_state(path: Path, model: nn.Module, opt, sched, plan: dict, d: Dist, meter: Meter | None = None) -> int:
+def load_state(path: Path, model: nn.Module, opt, sched, plan: dict, d: Dist, meter: Meter | None = None,
+               notes: dict | None = None) -> int:
     """Restore the state at `path` if it exists and was made under `plan`; returns its step
     (0: nothing to resume; a state of another plan is ignored and later overwritten). `meter`
-    gets this rank's partial logging window back."""
+    gets this rank's partial logging window back, `notes` (updated in place) the saved notes."""
     if not path.is_file():
         return 0
     try:
         f = safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: unreadable training state ({err}); delete it to start afresh") from err
+        raise CheckpointError(f"{path}: unreadable training state ({err}); delete it to start afresh") from err
     with f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a training state (metadata format = {meta.get('format')!r})")
+            raise CheckpointError(f"{path}: not a training state (metadata format = {meta.get('format')!r}); "
+                                  "delete it to start afresh")
         if json.loads(meta["plan"]) != json.loads(json.dumps(plan, sort_keys=True)):
             if d.is_main:
                 print(f"{path}: made under another plan (params, data, code or world size); starting fresh")
@@ -177,6 +182,8 @@ def load_state(path: Path, model: nn.Module, opt, sched, plan: dict, d: Dist, me
     saved = json.loads(meta.get("meters", "null")) or [None] * d.world
     if meter is not None and saved[d.rank] is not None:
         meter.restore(saved[d.rank])
+    if notes is not None:
+        notes.update(json.loads(meta.get("notes", "{}")))
     return int(meta["step"])
 
 
@@ -285,21 +292,25 @@ def validate(model: nn.Module, val: Windows, spec: TrainSpec, d: Dist) -> dict[s
 
 
 class Trainer:
-    """One run: the model, AdamW and its schedule, resumed from files.state when the plan matches."""
+    """One run: the model, AdamW and its schedule, resumed from files.state when the plan matches.
+    The loss is `objective` (a module: batch -> (loss, logs)), by default the world model's
+    phase objective (`Objective`); `notes` survive a resume (see save_state)."""
 
-    def __init__(self, model: nn.Module, spec: TrainSpec, files: RunFiles, plan: dict, d: Dist):
+    def __init__(self, model: nn.Module, spec: TrainSpec, files: RunFiles, plan: dict, d: Dist,
+                 objective: nn.Module | None = None):
         self.model, self.spec, self.files, self.d = model.to(d.device).train(), spec, files, d
         self.plan = {**plan, "spec": asdict(spec), "world": d.world}
         self.opt, self.sched = build_optimizer(model, spec.optim, spec.steps)
-        self.meter = Meter()
-        self.start = load_state(files.state, model, self.opt, self.sched, self.plan, d, self.meter)
-        net = Objective(model, spec.objective)
+        self.meter, self.notes = Meter(), {}
+        self.start = load_state(files.state, model, self.opt, self.sched, self.plan, d, self.meter, self.notes)
+        net = objective if objective is not None else Objective(model, spec.objective)
         self.net = DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None) \
             if d.world > 1 else net
-        self.live = open_live(files.live, self.start) if d.is_main else None
+        self.live = open_live(files.live, self.start) if d.is_main and files.live is not None else None
 
-    def step(self, e: Tensor) -> dict[str, float]:
-        """One update on e (b, T, h, w, D): the objective's logs, grad norm and the step's LR."""
+    def step(self, e) -> dict[str, float]:
+        """One update on batch e (for the world model: tokens (b, T, h, w, D)): the objective's logs,
+        grad norm and the step's LR."""
         lr = self.opt.param_groups[0]["lr"]
         with _autocast(self.d):
             loss, logs = self.net(e)
@@ -312,6 +323,11 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         return {**_floats(logs), "grad_norm": float(grad_norm), "lr": lr}
+
+    def checkpoint(self, step: int) -> None:
+        """Write the resume state of update `step` (all ranks call it)."""
+        save_state(self.files.state, self.model, self.opt, self.sched, step, self.plan, self.d, self.meter, self.notes)
+        barrier(self.d)
 
     def log(self, step: int, prefix: str, logs: dict[str, float], show: bool) -> None:
         if self.live is not None:
@@ -334,8 +350,7 @@ class Trainer:
             val = validate(self.model, val_set, spec, self.d)
             self.log(step, "val", val, show)
         if step % spec.checkpoint_every == 0 and not last:
-            save_state(self.files.state, self.model, self.opt, self.sched, step, self.plan, self.d, self.meter)
-            barrier(self.d)
+            self.checkpoint(step)
         return val
 
 

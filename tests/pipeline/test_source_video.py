@@ -68,24 +68,28 @@ def test_index_past_the_end_names_the_file(clips, decoder):
     assert err.value.origin == str(clips[".mkv"])
 
 
+def window(path, start_s, stop_s, frames=slice(None), **kwargs):
+    return video.decode(path, frames, window=video.TimeWindow(start_s, stop_s), **kwargs)
+
+
 @pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 def test_time_range_selects_the_window(clips, suffix, decoder):
     path = clips[suffix]
     full = video.decode(path, decoder=decoder).frames
     # frames sit at t = i / 10 s; [0.5, 1.2) holds frames 5..11
-    win = video.read_time_range(path, 0.5, 1.2, decoder=decoder)
+    win = window(path, 0.5, 1.2, decoder=decoder)
     assert win.total == 7
     np.testing.assert_array_equal(win.frames, full[5:12])
-    picked = video.read_time_range(path, 0.5, 1.2, slice(1, 6, 2), decoder=decoder)
+    picked = window(path, 0.5, 1.2, slice(1, 6, 2), decoder=decoder)
     np.testing.assert_array_equal(picked.frames, full[[6, 8, 10]])
-    head = video.read_time_range(path, 0.0, 0.3, through=False, frames=slice(0, 2), decoder=decoder)
+    head = window(path, 0.0, 0.3, through=False, frames=slice(0, 2), decoder=decoder)
     np.testing.assert_array_equal(head.frames, full[:2])
-    tail = video.read_time_range(path, 1.3, 99.0, decoder=decoder)
+    tail = window(path, 1.3, 99.0, decoder=decoder)
     assert tail.total == 1
     np.testing.assert_array_equal(tail.frames, full[13:])
     # slightly rounded boundaries still land on the same frames
-    rounded = video.read_time_range(path, 0.4999, 1.2001, decoder=decoder)
+    rounded = window(path, 0.4999, 1.2001, decoder=decoder)
     np.testing.assert_array_equal(rounded.frames, full[5:12])
 
 
@@ -115,8 +119,8 @@ def test_auto_reads_av1_the_lerobot_v3_default_codec(tmp_path):
     got = video.decode(path, decoder="auto")
     assert got.total == 10
     assert_colors(got.frames, range(10), size=(64, 64))
-    window = video.read_time_range(path, 0.3, 0.7, decoder="auto")
-    np.testing.assert_array_equal(window.frames, got.frames[3:7])
+    part = window(path, 0.3, 0.7, decoder="auto")
+    np.testing.assert_array_equal(part.frames, got.frames[3:7])
 
 
 def test_without_decord_auto_uses_pyav_and_forcing_decord_fails(tmp_path, monkeypatch):

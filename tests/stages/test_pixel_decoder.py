@@ -22,7 +22,7 @@ from pipeline.data.windows import EPS, normalize
 from pipeline.evaluation import pixels
 from pipeline.params import OptimParams
 from pipeline.training.checkpoint import CheckpointError, save_checkpoint
-from pipeline.training.trainer import lr_factor
+from pipeline.training.trainer import build_optimizer, lr_factor
 from stages import extract, prepare
 from stages import pixel_decoder as stage
 from tests.conftest import make_params
@@ -172,7 +172,7 @@ def test_schedule_steps_to_its_end(schedule, warmup):
         assert factor(0) == pytest.approx(1 / warmup) and factor(warmup - 1) == pytest.approx(1.0)
     assert factor(warmup) == pytest.approx(1.0)
     model = torch.nn.Linear(2, 1)
-    opt, sched = stage.build_optimizer(model, optim, 20)
+    opt, sched = build_optimizer(model, optim, 20)
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])
@@ -195,14 +195,34 @@ def test_batches_cover_every_frame_once_per_epoch():
     assert len(big) == 10 and set(big.tolist()) == set(idx.tolist()) and np.all(np.diff(big) >= 0)
 
 
-def test_train_checkpoints_every_n_steps_and_at_the_end(trained):
-    params, _ = trained
-    pairs, ends, _ = stage.load_pairs(params, "synthetic")
-    train_idx, _ = split_frames(ends, params.train.val_fraction, params.seed)
-    model = PixelDecoder(stage.decoder_config(params.pixel_decoder, (3, 3), 384))
-    saved = []
-    stage.train(model, pairs, train_idx, params.pixel_decoder, 0, saved.append)
-    assert saved == [15, 30, 40]
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_from_its_state_and_ends_as_an_uninterrupted_one(trained, tmp_path, monkeypatch):
+    params, path = trained
+    again = tiny_params(tmp_path, f"paths.prepared={params.paths.prepared}", f"paths.features={params.paths.features}")
+    real = stage.Trainer.step
+
+    def dies_at_20(run, batch):
+        if run.sched.last_epoch == 20:       # updates 1..20 done, the state of 15 on disk
+            raise Killed
+        return real(run, batch)
+
+    monkeypatch.setattr(stage.Trainer, "step", dies_at_20)
+    with pytest.raises(Killed):
+        stage.run(again, show_progress=False)
+    state = artifacts.pixel_decoder_state(again)
+    assert state.is_file() and not artifacts.pixel_decoder_weights(again).exists()
+    updates = []
+    monkeypatch.setattr(stage.Trainer, "step", lambda run, batch: (updates.append(1), real(run, batch))[1])
+    assert stage.run(again, show_progress=False) == artifacts.pixel_decoder_weights(again)
+    assert len(updates) == 40 - 15                                           # resumed at 15, not started over
+    assert not state.parent.exists()                                         # dropped once the weights exist
+    assert artifacts.pixel_decoder_weights(again).read_bytes() == path.read_bytes()
+    want, got = (json.loads(artifacts.pixel_decoder_details(p).read_text()) for p in (params, again))
+    assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
+    assert artifacts.pixel_decoder_metrics(again).read_bytes() == artifacts.pixel_decoder_metrics(params).read_bytes()
 
 
 def test_a_store_from_other_episodes_is_refused(trained, tmp_path):

@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import check
+from pipeline.data.sources import lerobot_check
 from pipeline.data.sources.base import (
     DatasetParams,
     Episode,
@@ -59,7 +60,6 @@ from pipeline.data.sources.base import (
     kept_raw,
     raw_slice,
 )
-from pipeline.data.sources import lerobot_check
 from pipeline.data.sources.video import TimeWindow, decode
 
 V2_VERSIONS = ("v2.0", "v2.1")

@@ -39,11 +39,11 @@ Conventions (K = `max_objects`):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import re
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,9 +52,26 @@ import numpy as np
 
 from pipeline.config import check, to_dict
 from pipeline.data.sources import looks
-from pipeline.data.sources.looks import PATTERNS, SHAPES, Look, background_look, object_look, signed_distance  # noqa: F401
-from pipeline.data.sources.base import (Counterfactuals, DatasetParams, Episode, EpisodeError, EpisodeRef, LabelSpec,
-                                        Schema, Source, apply_resize, kept_indices)
+from pipeline.data.sources.base import (
+    Counterfactuals,
+    DatasetParams,
+    Episode,
+    EpisodeError,
+    EpisodeRef,
+    LabelSpec,
+    Schema,
+    Source,
+    apply_resize,
+    kept_indices,
+)
+from pipeline.data.sources.looks import (  # noqa: F401
+    PATTERNS,
+    SHAPES,
+    Look,
+    background_look,
+    object_look,
+    signed_distance,
+)
 
 MOTIONS = ("translate", "scale", "rotate", "compose")
 MotionName = Literal["translate", "scale", "rotate", "compose"]

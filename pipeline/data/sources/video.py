@@ -374,21 +374,3 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int], decoder: str = 
         raise EpisodeError(str(path), f"frame {missing} was requested but the video ends before it")
     position = {i: k for k, i in enumerate(unique)}
     return got.frames[[position[i] for i in indices]]
-
-
-def read_time_range(
-    path: str | os.PathLike,
-    start_s: float,
-    stop_s: float,
-    frames: slice | Sequence[int] = slice(None),
-    *,
-    through: bool = True,
-    decoder: str = "auto",
-) -> Decoded:
-    """Frames of the window [start_s, stop_s) of a file, picked by index within the window.
-
-    With through=True, `total` is the number of frames in the window.
-    """
-    if not stop_s > start_s:
-        raise ValueError(f"time range must have stop_s > start_s, got [{start_s}, {stop_s})")
-    return decode(path, frames, window=TimeWindow(float(start_s), float(stop_s)), through=through, decoder=decoder)
