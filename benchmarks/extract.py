@@ -28,10 +28,11 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline.encoder import load_encoder, resize_frames
-from pipeline.inspect import info
+from pipeline import artifacts
+from pipeline.data.encoder import load_encoder, resize_frames
+from pipeline.data.inspect import info
+from pipeline.data.sources import build_source
 from pipeline.params import load_params
-from pipeline.sources import build_source
 from stages import extract, prepare
 
 
@@ -87,7 +88,7 @@ def main() -> None:
         for _ in range(args.rounds):
             fps, n_frames = encoder_only_fps(params, args.dataset)
             enc_fps = max(enc_fps, fps)
-            shutil.rmtree(extract.store_path(params, args.dataset), ignore_errors=True)
+            shutil.rmtree(artifacts.store_path(params, args.dataset), ignore_errors=True)
             start = time.perf_counter()
             path = extract.run(params, args.dataset, show_progress=False)
             e2e_fps = max(e2e_fps, n_frames / (time.perf_counter() - start))

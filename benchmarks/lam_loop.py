@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from dila_core.dynamics import LatentDynamics
 from dila_core.presets import preset
-from pipeline.metrics import linear_probe
+from pipeline.evaluation.metrics import linear_probe
 
 MOVES = torch.tensor([[0, 0], [0, 1], [0, -1], [1, 0], [-1, 0]])
 FRAMES, BATCH = 6, 16

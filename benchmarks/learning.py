@@ -31,10 +31,10 @@ import torch
 
 from dila_core.model import DiLA
 from dila_core.presets import preset
-from pipeline.metrics import linear_probe
-from pipeline.split import split_episodes
-from pipeline.store import open_store
-from pipeline.windows import StepBatches, Windows, loader
+from pipeline.data.split import split_episodes
+from pipeline.data.store import open_store
+from pipeline.data.windows import StepBatches, Windows, loader
+from pipeline.evaluation.metrics import linear_probe
 
 SEQ, BATCH, WARMUP = 8, 8, 50
 

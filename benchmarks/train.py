@@ -31,12 +31,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from dila_core.model import DiLA
 from dila_core.presets import preset
-from pipeline.encoder import load_encoder, resize_frames
+from pipeline import artifacts
+from pipeline.data.encoder import load_encoder, resize_frames
+from pipeline.data.sources import EpisodeRef, build_source
+from pipeline.data.split import split_episodes
+from pipeline.data.store import open_store
+from pipeline.data.windows import EPS, StepBatches, Windows, loader, worker_init
 from pipeline.params import Params, load_params
-from pipeline.sources import EpisodeRef, build_source
-from pipeline.split import split_episodes
-from pipeline.store import open_store
-from pipeline.windows import EPS, StepBatches, Windows, loader, worker_init
 from stages import extract, prepare
 
 
@@ -44,7 +45,7 @@ class FrameWindows(Dataset):
     """The pixels (T, 3, S, S) of the same windows as `windows`, decoded from the source."""
 
     def __init__(self, params: Params, name: str, windows: Windows):
-        manifest = prepare.read_manifest(params, name)
+        manifest = artifacts.read_manifest(params, name)
         self.refs = [EpisodeRef(e["key"], e["origin"]) for e in manifest["episodes"]]
         self.ds, self.windows, self.size = params.dataset(name), windows, params.encoder.input_size
         self.source = None  # built inside each worker
@@ -128,7 +129,7 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         params = load_params("params.yaml", ["encoder.weights=random", f"paths.prepared={work}/prepared",
                                              f"paths.features={work}/features", *args.set])
-        path = extract.store_path(params, args.dataset)
+        path = artifacts.store_path(params, args.dataset)
         if not path.exists():
             prepare.run(params, args.dataset, show_progress=False)
             extract.run(params, args.dataset, show_progress=False)

@@ -34,10 +34,10 @@ from torch import nn
 from dila_core.losses import anti_collapse, latent_norm, motion_mask, symmetry_loss
 from dila_core.model import DiLA
 from dila_core.presets import preset
-from pipeline.metrics import linear_probe
-from pipeline.split import split_episodes
-from pipeline.store import open_store
-from pipeline.windows import StepBatches, Windows, loader
+from pipeline.data.split import split_episodes
+from pipeline.data.store import open_store
+from pipeline.data.windows import StepBatches, Windows, loader
+from pipeline.evaluation.metrics import linear_probe
 
 A = dict(a.split('=', 1) for a in sys.argv[1:])
 g = lambda k, d: type(d)(A.get(k, d))

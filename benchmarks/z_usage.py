@@ -24,10 +24,10 @@ from torch import nn
 
 from dila_core.presets import preset
 from dila_core.structure import IDM
-from pipeline.checkpoint import load_checkpoint
-from pipeline.split import split_episodes
-from pipeline.store import open_store
-from pipeline.windows import Windows
+from pipeline.data.split import split_episodes
+from pipeline.data.store import open_store
+from pipeline.data.windows import Windows
+from pipeline.training.checkpoint import load_checkpoint
 
 SEQ = 8
 
