@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from dila_core.world_model import family_of
 from pipeline import artifacts
 from pipeline.evaluation.clips import pick, stack
 from pipeline.evaluation.pixels import load_decoder
@@ -75,8 +76,8 @@ def run(params: Params, variant: str) -> Path:
     out: dict[str, Any] = {
         "format": FORMAT, "variant": variant, "dataset": params.train.dataset,
         "encoder_weights": encoder.get("weights"), "encoder": encoder,
-        "model": {"path": str(weights), "phase": phase, "step": step, "variant": model.cfg.variant,
-                  "bottleneck": model.cfg.bottleneck.kind},
+        "model": {"path": str(weights), "phase": phase, "step": step, "family": family_of(model),
+                  "variant": model.cfg.variant, "bottleneck": model.cfg.bottleneck.kind},
         "clips": {"count": len(clips["e"]), "frames": params.train.seq_len, "frame_skip": params.train.frame_skip},
     }
     gone = ctx.unavailable
@@ -108,9 +109,8 @@ def headline(details: dict[str, Any], probe_datasets: tuple[str, ...]) -> dict[s
             node = node.get(part) if isinstance(node, dict) else None
         return node
 
-    keys = {"rollout_mse": "rollout.token_mse", "repeat_last_mse": "rollout.baseline.token_mse",
-            "z_usage": "rollout.z_usage", "teacher_forced_mse": "teacher_forced.clips_val_mse",
-            "readout_ratio": "teacher_forced.readout.ratio", "cycle_transfer_mse": "cycle_transfer.token_mse",
-            **{f"probe_{name}_r2": f"probe.{name}.r2" for name in probe_datasets}}
+    keys = {"rollout_mse": "rollout.token_mse", "repeat_mse": "rollout.baseline.token_mse",
+            "z_usage": "rollout.z_usage", "readout": "teacher_forced.readout.ratio",
+            "tf_mse": "teacher_forced.clips_val_mse", **{f"r2_{name}": f"probe.{name}.r2" for name in probe_datasets}}
     return {name: get(key) for name, key in keys.items()}
 

@@ -53,7 +53,8 @@ from pipeline.training.trainer import RunFiles, Trainer, TrainSpec, clear_state
 TOKEN_MEMORY = 2 * 2**30   # a store's tokens up to this many bytes are read into memory once
 EVAL_FRAMES = 1024         # validation (and the train-fit report) use at most this many frames
 SAMPLES = 8                # frames shown in samples.png
-HEADLINE = ("val_psnr", "baseline_mean_frame_val_psnr")  # metrics.json; details.json holds everything
+# metrics.json: name -> key of details.json (which holds everything)
+HEADLINE = {"psnr": "val_psnr", "psnr_mean_frame": "baseline_mean_frame_val_psnr"}
 
 
 class TokenRows:
@@ -264,7 +265,7 @@ def run(params: Params, show_progress: bool = True) -> Path:
         **fit, "seconds": round(time.perf_counter() - start, 1),
     }
     artifacts.pixel_decoder_details(params).write_text(json.dumps(metrics, indent=1) + "\n")
-    headline = {k: metrics[k] for k in HEADLINE}
+    headline = {name: metrics[key] for name, key in HEADLINE.items()}
     artifacts.pixel_decoder_metrics(params).write_text(json.dumps(headline, indent=1) + "\n")
     save_samples(out / "samples.png", model, pairs, spread(val_idx, SAMPLES))
     return path

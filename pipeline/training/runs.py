@@ -118,11 +118,11 @@ def fit(params: Params, variant: str, phase: str, model: nn.Module, data: tuple[
 
 
 def write_summary(params: Params, variant: str, phase: str, step: int | None, val: dict[str, float]) -> Path:
-    """The run's headline numbers, the same keys for every variant and phase: its last step, the
-    final validation objective and teacher-forced token MSE (null for a phase that did not run)."""
+    """The run's headline numbers, the same keys for every variant and phase: its last step and the
+    final validation teacher-forced token MSE (null for a phase that did not run)."""
     path = artifacts.summary_path(params, variant, phase)
     path.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"step": step, "val_loss": val.get("loss"), f"val_{PREDICTION_LOSS}": val.get(PREDICTION_LOSS)}
+    summary = {"step": step, f"val_{PREDICTION_LOSS}": val.get(PREDICTION_LOSS)}
     path.write_text(json.dumps(summary, indent=1) + "\n")
     return path
 

@@ -2,7 +2,9 @@
 comparing stores."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +86,16 @@ def save_decoder(params, plan):
     torch.manual_seed(0)
     decoder = PixelDecoder(PixelDecoderConfig(in_dim=DIM, grid=GRID, size=8, width=16))
     save_checkpoint(artifacts.pixel_decoder_weights(params), decoder, 1, {"store_plan_sha256": plan})
+
+
+def private(params, tmp: Path, copy: bool = False):
+    """`params` with its models, logs and eval folders moved to `tmp` (copied there with `copy`), so a
+    test can write models and evaluations without touching a shared fixture; the manifests and
+    feature stores stay shared, and are only read."""
+    moved = {}
+    for key in ("models", "logs", "eval"):
+        src, dst = Path(getattr(params.paths, key)), tmp / key
+        if copy and src.exists():
+            shutil.copytree(src, dst)
+        moved[key] = str(dst)
+    return dataclasses.replace(params, paths=dataclasses.replace(params.paths, **moved))

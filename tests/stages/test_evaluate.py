@@ -19,7 +19,7 @@ from pipeline.evaluation import metrics as M
 from pipeline.training import runs
 from stages import evaluate, rollout
 from tests.stages.conftest import ONLY_DILA
-from tests.stages.helpers import save_decoder, save_model, stage_params
+from tests.stages.helpers import private, save_decoder, save_model, stage_params
 
 
 def normalized_rollouts(params):
@@ -35,17 +35,16 @@ def test_metrics_file_identifies_model_data_and_encoder(run):
     assert (m["format"], m["variant"], m["dataset"]) == ("dila-metrics/1", "dila", "synthetic")
     assert m["encoder_weights"] == "random-init (seed 0)" and m["encoder"]["weights"] == "random-init (seed 0)"
     assert (m["model"]["phase"], m["model"]["step"], m["model"]["bottleneck"]) == ("finetune", 5, "continuous")
+    assert m["model"]["family"] == "dila"
     assert m["clips"] == {"count": 2, "frames": 4, "frame_skip": 1}
 
 
 def test_metrics_file_holds_the_headline_numbers_of_the_details(run):
     m, h = run.metrics, run.headline
-    assert list(h) == ["rollout_mse", "repeat_last_mse", "z_usage", "teacher_forced_mse", "readout_ratio",
-                       "cycle_transfer_mse", "probe_synthetic_r2"]
-    assert (h["rollout_mse"], h["repeat_last_mse"]) == (m["rollout"]["token_mse"], m["rollout"]["baseline"]["token_mse"])
-    assert h["z_usage"] == m["rollout"]["z_usage"] and h["cycle_transfer_mse"] == m["cycle_transfer"]["token_mse"]
-    assert (h["teacher_forced_mse"], h["readout_ratio"]) == (None, None) and "teacher_forced" in m["unavailable"]
-    assert h["probe_synthetic_r2"] == m["probe"]["synthetic"]["r2"]
+    assert list(h) == ["rollout_mse", "repeat_mse", "z_usage", "readout", "tf_mse", "r2_synthetic"]
+    assert (h["rollout_mse"], h["repeat_mse"]) == (m["rollout"]["token_mse"], m["rollout"]["baseline"]["token_mse"])
+    assert h["z_usage"] == m["rollout"]["z_usage"] and h["r2_synthetic"] == m["probe"]["synthetic"]["r2"]
+    assert (h["tf_mse"], h["readout"]) == (None, None) and "teacher_forced" in m["unavailable"]
 
 
 def test_rollout_errors_are_computed_from_the_stored_rollouts(run):
@@ -134,42 +133,36 @@ def test_unavailable_metrics_carry_their_reason(run):
     assert gone["teacher_forced"].startswith(f"no phase-1 record at {final_record(run.params, 'dila', 'train')}")
 
 
-def test_teacher_forced_mse_is_read_from_the_phase_one_record(run):
-    path = final_record(run.params, "dila", "train")
+def test_teacher_forced_mse_is_read_from_the_phase_one_record(run, tmp_path):
+    params = private(run.params, tmp_path, copy=True)
+    path = final_record(params, "dila", "train")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"val": {"L_e": 0.25, "loss": 0.7}, "spec": {"steps": 12}}))
     e = val_clips(run.params)["e"]
-    ctx = SimpleNamespace(params=run.params, variant="dila", model=run.model, clips={"e": e}, dev=torch.device("cpu"),
+    ctx = SimpleNamespace(params=params, variant="dila", model=run.model, clips={"e": e}, dev=torch.device("cpu"),
                           verb=lambda name: getattr(run.model, name))
-    try:
-        got = sections.teacher_forced_section(ctx)
-        assert (got["val_mse"], got["step"], got["record"]) == (0.25, 12, str(path))
-        with torch.no_grad():
-            own = run.model.predict(torch.from_numpy(e)).numpy()
-            from_next, from_current = (x.numpy() for x in run.model.readout(torch.from_numpy(e)))
-        assert got["clips_val_mse"] == pytest.approx(np.square(own - e[:, 1:]).mean(), rel=1e-5)
-        assert got["baseline_val_mse"] == pytest.approx(np.square(e[:, :-1] - e[:, 1:]).mean(), rel=1e-6)
-        assert got["ratio_to_baseline"] == pytest.approx(got["clips_val_mse"] / got["baseline_val_mse"])
-        r = got["readout"]
-        assert r["from_true_next_s"] == pytest.approx(np.square(from_next - e[:, 1:]).mean(), rel=1e-5)
-        assert r["from_current_s"] == pytest.approx(np.square(from_current - e[:, 1:]).mean(), rel=1e-5)
-        assert r["ratio"] == pytest.approx(r["from_current_s"] / r["from_true_next_s"])
-        path.write_text(json.dumps({"val": {}, "spec": {"steps": 12}}))
-        with pytest.raises(sections.Unavailable, match="no final validation L_e"):
-            sections.teacher_forced_section(ctx)
-    finally:
-        path.unlink()
+    got = sections.teacher_forced_section(ctx)
+    assert (got["val_mse"], got["step"], got["record"]) == (0.25, 12, str(path))
+    with torch.no_grad():
+        own = run.model.predict(torch.from_numpy(e)).numpy()
+        from_next, from_current = (x.numpy() for x in run.model.readout(torch.from_numpy(e)))
+    assert got["clips_val_mse"] == pytest.approx(np.square(own - e[:, 1:]).mean(), rel=1e-5)
+    assert got["baseline_val_mse"] == pytest.approx(np.square(e[:, :-1] - e[:, 1:]).mean(), rel=1e-6)
+    assert got["ratio_to_baseline"] == pytest.approx(got["clips_val_mse"] / got["baseline_val_mse"])
+    r = got["readout"]
+    assert r["from_true_next_s"] == pytest.approx(np.square(from_next - e[:, 1:]).mean(), rel=1e-5)
+    assert r["from_current_s"] == pytest.approx(np.square(from_current - e[:, 1:]).mean(), rel=1e-5)
+    assert r["ratio"] == pytest.approx(r["from_current_s"] / r["from_true_next_s"])
+    path.write_text(json.dumps({"val": {}, "spec": {"steps": 12}}))
+    with pytest.raises(sections.Unavailable, match="no final validation L_e"):
+        sections.teacher_forced_section(ctx)
 
 
-def test_pixel_metrics_with_a_pixel_decoder(run):
-    p = run.params
+def test_pixel_metrics_with_a_pixel_decoder(run, tmp_path):
+    p = private(run.params, tmp_path, copy=True)
     save_decoder(p, open_store(artifacts.store_path(p, "synthetic")).attrs["dila"]["plan_sha256"])
-    try:
-        evaluate.run(p, "dila")
-        m = json.loads(artifacts.details_path(p, "dila").read_text())
-    finally:
-        artifacts.pixel_decoder_weights(p).unlink()
-        evaluate.run(p, "dila")
+    evaluate.run(p, "dila")
+    m = json.loads(artifacts.details_path(p, "dila").read_text())
     for section in (m["rollout"], m["rollout"]["baseline"], m["cycle_transfer"]):
         assert -1 <= section["ssim"] <= 1
     assert len(m["rollout"]["ssim_per_step"]) == 3
@@ -185,8 +178,8 @@ def test_stale_or_missing_rollouts_are_errors(run):
         evaluate.run(p, "dila")
 
 
-def test_variant_without_latent_actions(run):
-    p = stage_params(run.tmp, "variants.nola.variant=no_latent_action")
+def test_variant_without_latent_actions(run, tmp_path):
+    p = private(stage_params(run.tmp, "variants.nola.variant=no_latent_action"), tmp_path)
     save_model(p, "nola", kind="no_latent_action", phase="train")
     rollout.run(p, "nola")
     headline = json.loads(evaluate.run(p, "nola").read_text())

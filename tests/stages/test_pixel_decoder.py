@@ -66,7 +66,7 @@ def test_run_learns_and_writes_its_artifacts(trained):
     assert path == out / "model.safetensors" and (out / "samples.png").is_file()
     metrics = json.loads((out / "details.json").read_text())
     headline = json.loads((out / "metrics.json").read_text())
-    assert headline == {k: metrics[k] for k in ("val_psnr", "baseline_mean_frame_val_psnr")}
+    assert headline == {"psnr": metrics["val_psnr"], "psnr_mean_frame": metrics["baseline_mean_frame_val_psnr"]}
     _, val_eps = split_episodes(6, params.train.val_fraction, params.seed)
     assert metrics["frames"] == {"train": 60 - 10 * len(val_eps), "val": 10 * len(val_eps),
                                  "val_evaluated": 10 * len(val_eps)}

@@ -15,15 +15,29 @@ from pipeline.evaluation import clips, pixels
 from pipeline.training import runs
 from pipeline.training.checkpoint import CheckpointError
 from stages import extract, prepare, rollout
-from tests.stages.helpers import DIM, GRID, save_decoder, save_model, stage_params
+from tests.stages.helpers import (
+    DIM,
+    GRID,
+    private,
+    save_decoder,
+    save_model,
+    stage_params,
+)
 
 
 @pytest.fixture(scope="module")
-def params(tmp_path_factory):
+def store(tmp_path_factory):
+    """The tiny store, shared by the tests of this file (read only)."""
     p = stage_params(tmp_path_factory.mktemp("rollout"))
     prepare.run(p, "synthetic", show_progress=False)
     extract.run(p, "synthetic", show_progress=False)
     return p
+
+
+@pytest.fixture
+def params(store, tmp_path):
+    """The shared store, with this test's own models and rollouts."""
+    return private(store, tmp_path)
 
 
 def store_arrays(params):
@@ -71,11 +85,12 @@ def test_png_grids_are_written_with_a_pixel_decoder_and_dropped_without(params):
         assert "trained on another feature store" in \
             zarr.open_group(out / "tokens.zarr", mode="r").attrs["dila_rollout"]["pixels"]
     finally:
-        artifacts.pixel_decoder_weights(params).unlink()
+        artifacts.pixel_decoder_weights(params).unlink()  # (this test's own models folder)
 
 
 def test_variant_without_latent_actions_stores_the_truth_only(params):
-    p = stage_params(Path(params.paths.features).parent, "variants.nola.variant=no_latent_action")
+    p = private(stage_params(Path(params.paths.features).parent, "variants.nola.variant=no_latent_action"),
+                Path(params.paths.models).parent)
     save_model(p, "nola", kind="no_latent_action", phase="train")
     group = zarr.open_group(rollout.run(p, "nola") / "tokens.zarr", mode="r")
     assert "predicted" not in group and group["truth"].shape == (2, 4, *GRID, DIM)
