@@ -34,6 +34,11 @@ def dvc_stages(dvc: dict) -> dict[str, dict]:
     return {name: body.get("do", body) for name, body in dvc["stages"].items()}
 
 
+def covers(dep: str, file: str) -> bool:
+    """Whether dvc.yaml dep `dep` (a file or a folder) covers project file `file`."""
+    return file == dep or file.startswith(dep.rstrip("/") + "/")
+
+
 def missing_code_deps(dvc: dict) -> dict[str, list[str]]:
     """Per stage: the project files its module `stages.<name>` runs (`stage_code`) that none of its
     dvc.yaml deps covers (the file itself or a folder above it)."""
@@ -41,7 +46,7 @@ def missing_code_deps(dvc: dict) -> dict[str, list[str]]:
     for name, stage in dvc_stages(dvc).items():
         deps = code_deps(stage)
         files = [f for f in stage_code(f"stages.{name}") if not f.endswith("__init__.py")]
-        gone = [f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+        gone = [f for f in files if not any(covers(d, f) for d in deps)]
         if gone:
             missing[name] = gone
     return missing
@@ -52,7 +57,7 @@ def stale_code_deps(dvc: dict) -> dict[str, list[str]]:
     stale = {}
     for name, stage in dvc_stages(dvc).items():
         files = stage_code(f"stages.{name}")
-        extra = [d for d in code_deps(stage) if not any(f == d or f.startswith(d + "/") for f in files)]
+        extra = [d for d in code_deps(stage) if not any(covers(d, f) for f in files)]
         if extra:
             stale[name] = extra
     return stale
@@ -74,7 +79,7 @@ def test_the_deps_check_fails_when_a_dep_is_removed(stage, dep):
     body = dvc_stages(dvc)[stage]
     body["deps"] = [d for d in body["deps"] if d != dep]
     missing = missing_code_deps(dvc)[stage]
-    assert missing and all(f == dep or f.startswith(dep + "/") for f in missing)
+    assert missing and all(covers(dep, f) for f in missing)
 
 
 def test_every_dvc_path_comes_from_params():
