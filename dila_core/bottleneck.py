@@ -8,7 +8,10 @@ All variants share one interface (r: (B, T, in_dim), z: (B, T, d_z)):
   consistency, norm and symmetry terms of the objective.
 
 Variants: `continuous` (DiLA: z = r), `gaussian` (beta-VAE: r = (mu, log var),
-KL to N(0, I) weighted by beta), `nsvq` (noise-substitution VQ: z is split into
+KL to N(0, I) weighted by beta; Garrido et al.'s "noisy z"), `sparse` (Garrido et al.'s
+"sparse z": z = r with an L1 term weighted by l1 and a VICReg-style variance-covariance-mean
+term weighted by vcm, which keeps every dimension alive so sparsity cannot be met by shrinking
+or concentrating the norm), `nsvq` (noise-substitution VQ: z is split into
 d_z / code_dim tokens, each snapped to the nearest of codebook_size codes; in
 training the quantisation error is replaced by noise of the same norm so
 gradients reach both encoder and codebook; codes unused for `dead_after`
@@ -29,12 +32,15 @@ from dila_core.config import check_choice, check_float, check_ints, require
 
 @dataclass(frozen=True)
 class BottleneckConfig:
-    """kind; d_z: latent action size; beta: KL weight (gaussian); codebook_size, code_dim,
-    dead_after: codebook entries, size of one latent token, steps before a code is reset (nsvq)."""
+    """kind; d_z: latent action size; beta: KL weight (gaussian); l1, vcm: sparsity and
+    variance-covariance-mean weights (sparse); codebook_size, code_dim, dead_after: codebook
+    entries, size of one latent token, steps before a code is reset (nsvq)."""
 
     kind: str  # a key of BOTTLENECKS
     d_z: int
     beta: float = 1e-4
+    l1: float = 1e-2
+    vcm: float = 1e-2
     codebook_size: int = 8
     code_dim: int = 32
     dead_after: int = 100
@@ -42,7 +48,8 @@ class BottleneckConfig:
     def validate(self, where: str) -> None:
         check_choice(self, where, "kind", tuple(BOTTLENECKS))
         check_ints(self, where, "d_z codebook_size code_dim dead_after")
-        check_float(self, where, "beta", 0.0)
+        for name in ("beta", "l1", "vcm"):
+            check_float(self, where, name, 0.0)
         if self.kind == "nsvq":
             require(self.d_z % self.code_dim == 0, where, "d_z", self.d_z,
                     f"a multiple of code_dim = {self.code_dim} (nsvq splits z into tokens)")
@@ -85,6 +92,44 @@ class Gaussian(nn.Module):
 
     def features(self, r: Tensor) -> Tensor:
         return r.chunk(2, dim=-1)[0]
+
+
+def vcm_terms(z: Tensor, eps: float = 1e-4) -> dict[str, Tensor]:
+    """VICReg-style terms of z (…, d) over all leading axes as samples: `variance`, the mean
+    hinge max(0, 1 - std) per dimension (a dead dimension costs 1); `covariance`, the squared
+    off-diagonal covariances / d (dimensions carry different information); `mean`, ‖E z‖² / d
+    (the batch is centred, so the L1 term cannot be met by a shared offset)."""
+    flat = z.reshape(-1, z.shape[-1]).float()                                       # (N, d)
+    n, d = flat.shape
+    centred = flat - flat.mean(0)
+    var = centred.square().sum(0) / max(n - 1, 1)                                   # (d,)
+    cov = centred.T @ centred / max(n - 1, 1)                                       # (d, d)
+    off = cov - torch.diag_embed(torch.diagonal(cov))
+    return {"variance": torch.relu(1 - (var + eps).sqrt()).mean(), "covariance": off.square().sum() / d,
+            "mean": flat.mean(0).square().sum() / d}
+
+
+class Sparse(nn.Module):
+    """z = r, regularised towards sparse but alive: l1 * E|z| + vcm * (variance + covariance + mean).
+    The terms are computed per rank (under DDP each rank's batch is its own sample)."""
+
+    def __init__(self, cfg: BottleneckConfig):
+        super().__init__()
+        self.in_dim = cfg.d_z
+        self.l1, self.vcm = cfg.l1, cfg.vcm
+
+    def forward(self, r: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        terms = vcm_terms(r)
+        l1 = r.float().abs().mean()
+        loss = self.l1 * l1 + self.vcm * (terms["variance"] + terms["covariance"] + terms["mean"])
+        active = (r.detach().abs() > 1e-2).float().mean()  # the fraction of z entries not (near) zero
+        return r, loss, {"l1": l1.detach(), "active": active, **{f"vcm_{k}": v.detach() for k, v in terms.items()}}
+
+    def infer(self, r: Tensor) -> Tensor:
+        return r
+
+    def features(self, r: Tensor) -> Tensor:
+        return r
 
 
 def code_statistics(codes: Tensor, codebook_size: int) -> dict[str, Tensor]:
@@ -146,7 +191,8 @@ class NSVQ(nn.Module):
         return r
 
 
-BOTTLENECKS: dict[str, type[nn.Module]] = {"continuous": Continuous, "gaussian": Gaussian, "nsvq": NSVQ}
+BOTTLENECKS: dict[str, type[nn.Module]] = {"continuous": Continuous, "gaussian": Gaussian, "sparse": Sparse,
+                                              "nsvq": NSVQ}
 
 
 def build_bottleneck(cfg: BottleneckConfig) -> nn.Module:

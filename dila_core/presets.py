@@ -15,8 +15,9 @@
 
 `variant` selects DiLA or a pathway ablation ("no_content" raises the structure
 size 4x, the paper's 32 -> 128; "no_latent_action"); `bottleneck` selects the
-latent-action bottleneck ("continuous", "gaussian" with β = 1e-4, or "nsvq" with a
-codebook of 8 and 4 x 4 latent tokens of code_dim, paper 32). Remaining keyword
+latent-action bottleneck ("continuous", "gaussian" with β = 1e-4, "sparse" with l1 = vcm =
+1e-2, or "nsvq" with a codebook of 8 and 4 x 4 latent tokens of code_dim, paper 32), and
+`weights` replaces its regulariser weights (β, l1, vcm). Remaining keyword
 arguments replace top-level fields; a dict replaces fields of a nested config:
 ``preset("tiny", d_s=4, loss={"lambda_e": 1.0})``.
 """
@@ -81,8 +82,10 @@ def _replace(cfg: DiLAConfig, overrides: dict[str, Any]) -> DiLAConfig:
     return dataclasses.replace(cfg, **{**overrides, **nested})
 
 
-def preset(name: str, variant: str = "dila", bottleneck: str = "continuous", **overrides: Any) -> DiLAConfig:
-    """The named configuration, for one model variant and bottleneck, with fields replaced."""
+def preset(name: str, variant: str = "dila", bottleneck: str = "continuous",
+           weights: dict[str, float] | None = None, **overrides: Any) -> DiLAConfig:
+    """The named configuration, for one model variant and bottleneck (with its regulariser
+    `weights`, e.g. {"beta": 1e-3}), with fields replaced."""
     if name not in SIZES:
         raise ValueError(f"preset: unknown name {name!r} (known: {', '.join(SIZES)})")
     size = SIZES[name]
@@ -96,7 +99,7 @@ def preset(name: str, variant: str = "dila", bottleneck: str = "continuous", **o
         memory=MemoryConfig(*size["memory"]),
         idm=IDMConfig(channels=channels, blocks=blocks, groups=groups, head_hidden=idm_head),
         fdm=FDMConfig(st=_transformer(STConfig, size["fdm"], layout="space-time-ffn"), head_hidden=size["fdm_head"]),
-        bottleneck=_bottleneck(bottleneck, size),
+        bottleneck=dataclasses.replace(_bottleneck(bottleneck, size), **(weights or {})),
         decoder=_transformer(DecoderConfig, size["decoder"], fusion="sequential", skip=size["decoder_skip"]),
         loss=LossConfig(),
     )

@@ -46,7 +46,7 @@ class Family:
     config: str
     model: str
     variants: tuple[str, ...]              # the family's named variants (ablations), first = default
-    preset: str                            # "module:function" (preset, variant, bottleneck, **fields) -> config
+    preset: str                            # "module:function" building a config (see build_config)
     capabilities: Callable[[Any], Capabilities]
 
     def _get(self, name: str, module: str | None = None):
@@ -60,9 +60,12 @@ class Family:
     def model_class(self) -> type:
         return self._get(self.model)
 
-    def build_config(self, preset: str, variant: str, bottleneck: str, **fields: Any):
+    def build_config(self, preset: str, variant: str, bottleneck: str, weights: dict[str, float] | None = None,
+                     **fields: Any):
+        """The named preset's config for `variant` with `bottleneck` (its regulariser `weights`,
+        fields of dila_core.bottleneck.BottleneckConfig) and other fields replaced."""
         module, function = self.preset.split(":")
-        return self._get(function, module)(preset, variant=variant, bottleneck=bottleneck, **fields)
+        return self._get(function, module)(preset, variant=variant, bottleneck=bottleneck, weights=weights, **fields)
 
 
 def _dila_capabilities(cfg) -> Capabilities:

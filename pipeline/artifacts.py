@@ -1,7 +1,9 @@
 """Where every stage writes, and how its outputs are read back: the one module that knows.
 
-Metrics files (DVC `metrics:`) hold a handful of headline numbers with the same keys for every
-variant; everything else a stage measures goes to a details JSON beside them.
+Each stage's headline file (metrics.json, summary.json) holds a handful of numbers with the same
+keys for every variant; everything else it measures goes to a details JSON beside it. The
+run's one DVC `metrics:` file is the report's metrics.json, which puts every variant's two
+"did it learn" numbers in one row, so `dvc metrics show` and `dvc exp show` stay narrow.
 
 Every path comes from `params.paths` (written once in params.yaml). A stage writes its
 outputs through these functions and reads its inputs through the readers below, so no
@@ -21,7 +23,7 @@ names the file and the command that makes it.
     <paths.logs>/<variant>/<phase>/                      ... and DVCLive: metrics.json, plots/metrics/
     <paths.eval>/rollouts/<variant>/tokens.zarr          rollout: true and predicted tokens
     <paths.eval>/<variant>/{metrics.json, details.json, latents.npz}   evaluate
-    <paths.report>/{table.md, plots/}                    report
+    <paths.report>/{metrics.json, table.md, plots/}      report
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ the key, the value and what is allowed.
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,11 +115,21 @@ class VariantParams:
     """One trained model: a registered model family (`dila_core.world_model.FAMILIES`), one of its
     named variants, and a latent-action bottleneck (`dila_core.bottleneck.BOTTLENECKS`). The names
     are checked against those registries when a model is built (`pipeline.training.runs`), so
-    the stages that never build one do not depend on the model code."""
+    the stages that never build one do not depend on the model code. `beta` (gaussian: KL
+    weight), `l1` and `vcm` (sparse: sparsity and variance-covariance-mean weights) are the
+    bottleneck's regulariser weights; a bottleneck ignores the ones it does not have."""
 
     family: str = "dila"
     variant: str = "dila"
     bottleneck: str = "continuous"
+    beta: float = 1e-4
+    l1: float = 1e-2
+    vcm: float = 1e-2
+
+    def validate(self, where: str) -> None:
+        for name in ("beta", "l1", "vcm"):
+            value = getattr(self, name)
+            check(math.isfinite(value) and value >= 0, f"{where}.{name}", value, "a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -230,6 +241,7 @@ DEFAULT_VARIANTS = MappingProxyType({
     "no_content": VariantParams(variant="no_content"),
     "discrete_z": VariantParams(bottleneck="nsvq"),
     "gaussian_z": VariantParams(bottleneck="gaussian"),
+    "sparse_z": VariantParams(bottleneck="sparse"),
 })
 
 

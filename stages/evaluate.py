@@ -26,6 +26,8 @@ holds the headline numbers of `headline`):
   frame vs clip i+1's appearance rendered under clip i's pose changes) and rebinding
   (structure of clip i, content of clip i+1 vs clip i+1's appearance at clip i's poses);
   reencode_mse checks that re-rendering and encoding a true clip reproduces the store.
+- latent_space: the shape of z (effective rank, per-dimension variance, active dimensions,
+  inverse consistency, codebook use), see `pipeline.evaluation.manifold`.
 - unavailable: "section[.metric]" -> why it could not be computed (never a made-up value).
 
 `latents.npz` beside it holds z of the validation clips of train.dataset with their motion
@@ -42,6 +44,7 @@ import torch
 from dila_core.world_model import family_of
 from pipeline import artifacts
 from pipeline.evaluation.clips import pick, stack
+from pipeline.evaluation.manifold import manifold_section
 from pipeline.evaluation.pixels import load_decoder
 from pipeline.evaluation.sections import (
     Context,
@@ -90,6 +93,7 @@ def run(params: Params, variant: str) -> Path:
         section(out["probe"], name, lambda: probe_section(ctx, name, cache), gone, f"probe.{name}")
     section(out, "motion_isolation", lambda: isolation_section(ctx), gone)
     section(out, "ground_truth", lambda: ground_truth_section(ctx, val.attrs), gone)
+    section(out, "latent_space", lambda: manifold_section(ctx, cache), gone)
     latents_file(ctx, cache)
     out["unavailable"] = dict(sorted(ctx.unavailable.items()))
     details = artifacts.details_path(params, variant)

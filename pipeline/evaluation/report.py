@@ -4,6 +4,8 @@ Input: every variant's evaluation details (details.json, the evaluate stage's sc
 stages/evaluate.py) and, where present, its latents (z (M, d_z), family (M,), families
 (names)). Output under the report directory (`paths.report`):
 
+    metrics.json              the DVC metrics of the whole run: repeat_mse, then per variant its
+                              rollout_mse and z_usage (see `headline`)
     table.md                  rows = variants + the "repeat last frame" baseline; then the
                               paper's numbers beside ours (pipeline/evaluation/paper.py)
     plots/rollout_error.png   token MSE and cosine vs horizon step, per variant, with the baseline
@@ -16,6 +18,7 @@ random-init encoder is never read as a pretrained one.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +127,21 @@ def _truth_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]:
     return lines
 
 
+def _latent_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]:
+    cols = [("d_z", "latent_space.d_z"), ("effective rank", "latent_space.effective_rank"),
+            ("active dims", "latent_space.active_dims"),
+            ("inverse consistency cos(z(t→t+1), z(t+1→t))", "latent_space.inverse_consistency")]
+    if any(lookup(m, "latent_space.codebook") is not None for m in metrics.values()):
+        cols += [("codebook usage", "latent_space.codebook.usage"),
+                 ("codebook perplexity", "latent_space.codebook.perplexity")]
+    lines = [_row("model", [h for h, _ in cols]), "|" + "---|" * (len(cols) + 1)]
+    for variant, m in metrics.items():
+        cells = [DASH if key.startswith("latent_space.codebook") and "latent_space" in m
+                 and lookup(m, "latent_space.codebook") is None else cell(m, key, notes) for _, key in cols]
+        lines.append(_row(variant, cells))
+    return lines
+
+
 def _header(metrics: dict[str, dict[str, Any]]) -> list[str]:
     first = next(iter(metrics.values()))
     weights = sorted({str(m.get("encoder_weights")) for m in metrics.values()})
@@ -154,6 +172,11 @@ def format_table(metrics: dict[str, dict[str, Any]], pusht: str | None = None) -
               "tokens; probe MSE is in train-set standard deviations of each action dimension.", "",
               "## Synthetic ground truth (token MSE, lower is better)", ""]
     lines += _truth_table(metrics, notes)
+    lines += ["", "## Latent space (the shape of z; no eyes needed)", "",
+              "Effective rank: exp of the entropy of z's singular values (d_z when isotropic, 1 on a line). "
+              "Active dims: variance >= 1% of the largest. Inverse consistency: -1 when reversing a "
+              "transition gives the opposite action.", ""]
+    lines += _latent_table(metrics, notes)
     against = comparison(metrics, pusht)
     lines += ["", *against] if against else []
     if notes.reasons:
@@ -200,15 +223,31 @@ def plot_latents(latents: dict[str, dict[str, np.ndarray]], path: Path) -> Path 
     return path
 
 
+def headline(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run's metrics file: the two numbers that say whether a variant learned anything (does it
+    beat repeating the last frame, does it use z) for every variant, beside the baseline. Null
+    where a variant lacks the number (table.md's notes say why). One file with few keys, so
+    `dvc metrics show` and `dvc exp show` compare variants in one row."""
+    bases = {lookup(m, "rollout.baseline.token_mse") for m in metrics.values()} - {None}
+    if len(bases) > 1:  # every variant rolls out the same clips, so one baseline; anything else is a bug
+        raise ValueError(f"variants disagree on the repeat-last-frame baseline: {sorted(bases)}")
+    out: dict[str, Any] = {"repeat_mse": bases.pop() if bases else None}
+    for variant, m in metrics.items():
+        out[variant] = {"rollout_mse": lookup(m, "rollout.token_mse"), "z_usage": lookup(m, "rollout.z_usage")}
+    return out
+
+
 def write_report(out_dir: Path, metrics: dict[str, dict[str, Any]],
                  latents: dict[str, dict[str, np.ndarray]], pusht: str | None = None) -> Path:
-    """table.md and the plots under out_dir; returns table.md's path. Stale plots are removed."""
+    """metrics.json, table.md and the plots under out_dir; returns table.md's path. Stale plots
+    are removed."""
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     for old in plots.glob("*.png"):
         old.unlink()
     plot_rollout_error(metrics, plots / "rollout_error.png")
     plot_latents(latents, plots / "latent_pca.png")
+    (out_dir / "metrics.json").write_text(json.dumps(headline(metrics), indent=1, allow_nan=False) + "\n")
     table = out_dir / "table.md"
     table.write_text(format_table(metrics, pusht))
     return table

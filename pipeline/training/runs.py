@@ -52,8 +52,9 @@ def check_variant(params: Params, variant: str) -> world_model.Family:
 def model_config(params: Params, variant: str, grid: tuple[int, int], dim: int):
     """The variant's model config on a store's token grid and width."""
     v = params.variant(variant)
+    weights = {"beta": v.beta, "l1": v.l1, "vcm": v.vcm}  # the bottleneck's regulariser weights
     return check_variant(params, variant).build_config(params.model.preset, v.variant, v.bottleneck,
-                                                       grid=grid, token_dim=dim)
+                                                       weights, grid=grid, token_dim=dim)
 
 
 def variant_capabilities(params: Params, variant: str, grid: tuple[int, int] = (1, 1),

@@ -8,8 +8,10 @@ from dila_core.bottleneck import (
     BottleneckConfig,
     Continuous,
     Gaussian,
+    Sparse,
     build_bottleneck,
     code_statistics,
+    vcm_terms,
 )
 from dila_core.model import DiLA
 from dila_core.presets import preset
@@ -111,7 +113,48 @@ def test_config_errors_name_the_key():
         BottleneckConfig(kind="vq", d_z=10).validate("m.bottleneck")
 
 
-@pytest.mark.parametrize("kind", ["continuous", "gaussian", "nsvq"])
+def test_vcm_terms_on_hand_built_samples():
+    # Two dimensions over four samples: x = (-1, 1, -1, 1) has sample std 2/sqrt(3) > 1 (no hinge);
+    # y = 0.5 + 0.1 x has std 0.2/sqrt(3), so its hinge is 1 - that; cov(x, y) = 0.1 var(x).
+    x = torch.tensor([-1.0, 1.0, -1.0, 1.0])
+    z = torch.stack([x, 0.5 + 0.1 * x], -1).reshape(2, 2, 2)            # any leading axes are samples
+    var_x = 4 / 3
+    t = vcm_terms(z, eps=0.0)
+    torch.testing.assert_close(t["variance"], torch.tensor((0 + 1 - (0.01 * var_x) ** 0.5) / 2))
+    torch.testing.assert_close(t["covariance"], torch.tensor(2 * (0.1 * var_x) ** 2 / 2))
+    torch.testing.assert_close(t["mean"], torch.tensor((0 + 0.25) / 2))
+
+
+def test_sparse_z_is_the_identity_with_its_weighted_terms():
+    b = build_bottleneck(BottleneckConfig(kind="sparse", d_z=2, l1=0.3, vcm=0.7))
+    r = torch.tensor([[[-1.0, 0.0], [1.0, 0.5], [-1.0, 0.005], [1.0, 0.5]]])
+    z, loss, logs = b(r)
+    t = vcm_terms(r)
+    assert isinstance(b, Sparse) and z is r and b.infer(r) is r and b.features(r) is r
+    torch.testing.assert_close(loss, 0.3 * r.abs().mean() + 0.7 * (t["variance"] + t["covariance"] + t["mean"]))
+    assert logs["active"] == 6 / 8  # the 0.0 and the 0.005 count as inactive
+
+
+def descend(kind_weights: dict, r: torch.Tensor, steps: int = 300, lr: float = 20.0) -> torch.Tensor:
+    """r after gradient descent on the bottleneck's regulariser alone."""
+    b = build_bottleneck(BottleneckConfig(kind="sparse", d_z=r.shape[-1], **kind_weights))
+    r = r.clone().requires_grad_()
+    for _ in range(steps):
+        (g,) = torch.autograd.grad(b(r)[1], r)
+        r = (r - lr * g).detach().requires_grad_()
+    return r.detach()
+
+
+def test_sparse_z_variance_term_keeps_a_dimension_alive_against_l1():
+    torch.manual_seed(0)
+    r = torch.stack([torch.randn(64), 1e-3 * torch.randn(64)], -1)[None]   # dimension 1 nearly dead
+    assert descend({"l1": 0.1, "vcm": 0.0}, r)[..., 1].abs().max() < 1e-2   # L1 alone kills it
+    assert descend({"l1": 0.1, "vcm": 1.0}, r)[..., 1].std() > 0.9          # the hinge revives it
+    with pytest.raises(ValueError, match=r"m\.bottleneck\.l1 = -1 is not allowed"):
+        BottleneckConfig(kind="sparse", d_z=2, l1=-1).validate("m.bottleneck")
+
+
+@pytest.mark.parametrize("kind", ["continuous", "gaussian", "sparse", "nsvq"])
 def test_every_bottleneck_variant_trains(kind):
     torch.manual_seed(0)
     cfg = preset("tiny", bottleneck=kind)
@@ -126,5 +169,6 @@ def test_every_bottleneck_variant_trains(kind):
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
-    want = {"continuous": set(), "gaussian": {"kl"}, "nsvq": {"codebook_usage", "perplexity"}}[kind]
+    want = {"continuous": set(), "gaussian": {"kl"}, "sparse": {"l1", "active", "vcm_variance"},
+            "nsvq": {"codebook_usage", "perplexity"}}[kind]
     assert want <= logs.keys()

@@ -115,8 +115,12 @@ def test_file_errors_name_the_file(tmp_path):
 def test_stage_two_sections_default_and_validate():
     p = load_params(ROOT / "params.yaml")
     assert p.model.preset == "small" and p.train.dataset == "synthetic"
-    assert sorted(p.variants) == ["dila", "discrete_z", "gaussian_z", "no_content"]
+    assert sorted(p.variants) == ["dila", "discrete_z", "gaussian_z", "no_content", "sparse_z"]
     assert p.variant("discrete_z").bottleneck == "nsvq" and p.variant("no_content").variant == "no_content"
+    assert (p.variant("sparse_z").bottleneck, p.variant("sparse_z").l1, p.variant("gaussian_z").beta) == (
+        "sparse", 0.01, 1e-4)
+    with pytest.raises(ParamsError, match=r"variants\.sparse_z\.vcm = -0\.5 is not allowed: expected a finite"):
+        parse_params(apply_overrides(raw_defaults(), ["variants.sparse_z.vcm=-0.5"]))
     custom = parse_params(apply_overrides(raw_defaults(), [
         "variants={big: {variant: dila, bottleneck: gaussian}}", "train.optim.schedule=constant",
         "finetune.optim.lr=0.001"]))

@@ -1,4 +1,7 @@
+import json
+
 import numpy as np
+import pytest
 
 from pipeline.evaluation import report
 
@@ -22,6 +25,8 @@ def dila_metrics():
                            "readout": {"from_true_next_s": 0.1, "from_current_s": 0.35, "ratio": 3.5}},
         "probe": {"synthetic": {"mse": 0.009, "r2": 0.95, "r2_translation": 0.99}},
         "motion_isolation": {"drift": 0.001, "reference": 0.2},
+        "latent_space": {"transitions": 40, "d_z": 6, "effective_rank": 4.2512, "active_dims": 5,
+                         "dimension_variance": [1.0, 0.5, 0.2, 0.1, 0.05, 0.001], "inverse_consistency": -0.61234},
         "ground_truth": {"pairs": 8, "reencode_mse": 0.0, "rebinding": {"token_mse": 0.4, "baseline_token_mse": 0.7},
                          "action_transfer": {"token_mse": 0.3, "baseline_token_mse": 0.5}},
         "unavailable": {"rollout.lpips": "lpips not installed", "rollout.baseline.lpips": "lpips not installed",
@@ -37,7 +42,7 @@ def no_content_metrics():
         "motion_isolation": {"drift": 0.0, "reference": 0.2},
         "unavailable": {"rollout": "no rollouts", "cycle_transfer": "no rollouts",
                         "teacher_forced": "no phase-1 record at m.json", "probe.synthetic": "no rollouts",
-                        "ground_truth": "needs a synthetic train.dataset"},
+                        "ground_truth": "needs a synthetic train.dataset", "latent_space": "no rollouts"},
     }
 
 
@@ -75,6 +80,15 @@ re-encoding check | motion-isolation drift | true clip change |
 | dila | 0.3 | 0.5 | 0.4 | 0.7 | 0 | 0.001 | 0.2 |
 | no_content | n/a [4] | n/a [4] | n/a [4] | n/a [4] | n/a [4] | 0 | 0.2 |
 
+## Latent space (the shape of z; no eyes needed)
+
+Effective rank: exp of the entropy of z's singular values (d_z when isotropic, 1 on a line). Active dims: variance >= 1% of the largest. Inverse consistency: -1 when reversing a transition gives the opposite action.
+
+| model | d_z | effective rank | active dims | inverse consistency cos(z(t→t+1), z(t+1→t)) |
+|---|---|---|---|---|
+| dila | 6 | 4.251 | 5 | -0.6123 |
+| no_content | n/a [2] | n/a [2] | n/a [2] | n/a [2] |
+
 ## Notes
 
 [1] lpips not installed
@@ -87,6 +101,15 @@ re-encoding check | motion-isolation drift | true clip change |
 def test_format_table_exact_output():
     table = report.format_table({"dila": dila_metrics(), "no_content": no_content_metrics()})
     assert table == EXPECTED
+
+
+def test_codebook_columns_appear_with_a_codebook_and_read_a_dash_without():
+    discrete = dila_metrics()
+    discrete["latent_space"] = {**discrete["latent_space"], "codebook": {"usage": 0.75, "perplexity": 5.5}}
+    table = report.format_table({"dila": dila_metrics(), "discrete": discrete})
+    assert "| codebook usage | codebook perplexity |" in table
+    assert "\n| dila | 6 | 4.251 | 5 | -0.6123 | — | — |" in table
+    assert "\n| discrete | 6 | 4.251 | 5 | -0.6123 | 0.75 | 5.5 |" in table
 
 
 def test_random_init_encoder_is_flagged_in_the_header():
@@ -124,6 +147,7 @@ def test_write_report_writes_table_and_plots_and_drops_stale_plots(tmp_path):
     metrics = {"dila": dila_metrics(), "no_content": no_content_metrics()}
     path = report.write_report(tmp_path, metrics, {"dila": latents()})
     assert path == tmp_path / "table.md" and path.read_text() == EXPECTED
+    assert json.loads((tmp_path / "metrics.json").read_text()) == report.headline(metrics)
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pngs == ["latent_pca.png", "rollout_error.png"]
     for name in pngs:
@@ -136,3 +160,18 @@ def test_plots_are_skipped_without_data(tmp_path):
     unknown = {**latents(), "family": np.full(40, -1, np.int32), "families": np.array([], dtype=str)}
     assert report.plot_latents({"x": unknown}, tmp_path / "c.png") == tmp_path / "c.png"
     assert not (tmp_path / "a.png").exists() and (tmp_path / "c.png").read_bytes()[:8] == PNG
+
+
+def test_headline_is_the_baseline_once_and_two_numbers_per_variant():
+    metrics = {"dila": dila_metrics(), "no_content": no_content_metrics()}
+    assert report.headline(metrics) == {"repeat_mse": 0.5, "dila": {"rollout_mse": 0.25, "z_usage": 1.8},
+                                        "no_content": {"rollout_mse": None, "z_usage": None}}
+    assert report.headline({"no_content": no_content_metrics()}) == {
+        "repeat_mse": None, "no_content": {"rollout_mse": None, "z_usage": None}}
+
+
+def test_headline_refuses_variants_with_different_baselines():
+    other = dila_metrics()
+    other["rollout"]["baseline"]["token_mse"] = 0.6
+    with pytest.raises(ValueError, match=r"disagree on the repeat-last-frame baseline: \[0.5, 0.6\]"):
+        report.headline({"dila": dila_metrics(), "dila2": other})

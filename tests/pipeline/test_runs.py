@@ -22,3 +22,11 @@ def test_final_phase_follows_the_capabilities(tmp_path):
     assert runs.final_phase(params, "a") == "finetune" and runs.final_phase(params, "b") == "train"
     assert runs.variant_capabilities(params, "a").latent_actions
     assert not runs.variant_capabilities(params, "b").latent_actions
+
+
+def test_a_variants_regulariser_weights_reach_its_bottleneck(tmp_path):
+    params = make_params(tmp_path, "variants={n: {bottleneck: gaussian, beta: 0.5}, "
+                                   "s: {bottleneck: sparse, l1: 0.2, vcm: 0.3}}")
+    noisy, sparse = (runs.model_config(params, v, (4, 4), 32).bottleneck for v in ("n", "s"))
+    assert (noisy.kind, noisy.beta) == ("gaussian", 0.5)
+    assert (sparse.kind, sparse.l1, sparse.vcm) == ("sparse", 0.2, 0.3)

@@ -14,7 +14,7 @@ from pipeline.data.sources import build_source
 from pipeline.data.sources.synthetic import MOTIONS
 from pipeline.data.split import split_episodes
 from pipeline.data.store import open_store
-from pipeline.evaluation import clips, sections
+from pipeline.evaluation import clips, latent_stats, manifold, sections
 from pipeline.evaluation import metrics as M
 from pipeline.training import runs
 from stages import evaluate, rollout
@@ -126,6 +126,30 @@ def test_latents_file_holds_validation_z_and_motion_families(run):
     assert set(family.tolist()) == set(motion[:, 0].tolist())
 
 
+def test_latent_space_numbers_are_those_of_the_latents_file_and_the_model(run):
+    lat = run.metrics["latent_space"]
+    with np.load(artifacts.latents_path(run.params, "dila")) as f:
+        z = f["z"]
+    assert (lat["transitions"], lat["d_z"]) == z.shape and "codebook" not in lat  # continuous z
+    assert lat["effective_rank"] == pytest.approx(latent_stats.effective_rank(z), rel=1e-6)
+    np.testing.assert_allclose(lat["dimension_variance"], z.astype(np.float64).var(0), rtol=1e-5)
+    e = val_clips(run.params)["e"]                                                  # (N, T, h, w, D)
+    with torch.no_grad():
+        fwd = run.model.infer_actions(torch.from_numpy(e)).numpy()
+        bwd = run.model.infer_actions(torch.from_numpy(np.ascontiguousarray(e[:, ::-1]))).numpy()
+    # transition t -> t+1 against t+1 -> t: the reversed clip's transitions in reverse order
+    assert lat["inverse_consistency"] == pytest.approx(latent_stats.inverse_consistency(fwd, bwd[:, ::-1]), abs=1e-5)
+
+
+def test_codebook_statistics_count_identical_tokens_as_one_code():
+    # 3 rows of 2 tokens (code_dim 2): codes A, B, A | A, A, C -> histogram A 4, B 1, C 1 of 6
+    a, b, c = [1.0, 0.0], [0.0, 1.0], [2.0, 2.0]
+    z = np.array([a + b, a + a, a + c])
+    p = np.array([4, 1, 1]) / 6
+    stats = manifold.codebook_statistics(z, code_dim=2, codebook_size=8)
+    assert stats == pytest.approx({"usage": 3 / 8, "perplexity": float(np.exp(-(p * np.log(p)).sum()))})
+
+
 def test_unavailable_metrics_carry_their_reason(run):
     gone = run.metrics["unavailable"]
     assert gone["rollout.ssim"].startswith("no pixel decoder at") and "rollout.ssim" not in run.metrics["rollout"]
@@ -187,7 +211,7 @@ def test_variant_without_latent_actions(run, tmp_path):
     assert headline.keys() == run.headline.keys()  # the same columns for every variant
     assert headline["z_usage"] is None and headline["rollout_mse"] is None
     gone = m["unavailable"]
-    for key in ("rollout", "cycle_transfer", "probe.synthetic", "ground_truth.action_transfer"):
+    for key in ("rollout", "cycle_transfer", "probe.synthetic", "ground_truth.action_transfer", "latent_space"):
         assert "has no latent actions" in gone[key], key
     assert m["ground_truth"]["rebinding"]["token_mse"] > 0 and "drift" in m["motion_isolation"]
     with np.load(artifacts.latents_path(p, "nola")) as f:

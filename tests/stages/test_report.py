@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ def test_writes_the_table_and_plots(run):
     text = table.read_text()
     assert table == Path(run.params.paths.report) / "table.md"
     assert "\n| dila | " in text and "\n| repeat last frame | " in text and "random-init (seed 0)" in text
+    m = json.loads((table.parent / "metrics.json").read_text())
+    assert m == {"repeat_mse": run.headline["repeat_mse"],
+                 "dila": {"rollout_mse": run.headline["rollout_mse"], "z_usage": run.headline["z_usage"]}}
     assert sorted(p.name for p in (table.parent / "plots").iterdir()) == ["latent_pca.png", "rollout_error.png"]
 
 
