@@ -73,7 +73,8 @@ def _bottleneck(kind: str, size: dict[str, Any]) -> BottleneckConfig:
     return BottleneckConfig(kind=kind, d_z=size["d_z"], beta=1e-4)
 
 
-def _replace(cfg: DiLAConfig, overrides: dict[str, Any]) -> DiLAConfig:
+def replace_fields(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """cfg with top-level fields replaced; a dict value replaces fields of that nested config."""
     fields = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -103,6 +104,6 @@ def preset(name: str, variant: str = "dila", bottleneck: str = "continuous",
         decoder=_transformer(DecoderConfig, size["decoder"], fusion="sequential", skip=size["decoder_skip"]),
         loss=LossConfig(),
     )
-    cfg = _replace(cfg, overrides)
+    cfg = replace_fields(cfg, overrides)
     cfg.validate(f"preset:{name}")
     return cfg

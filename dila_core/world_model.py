@@ -29,7 +29,8 @@ PREDICTION_LOSS = "L_e"  # the key of the teacher-forced token MSE in every fami
 
 class Rollout(NamedTuple):
     e: Tensor  # (B, steps, h, w, D) generated tokens
-    s: Tensor  # (B, steps, h, w, d_s) the model's own state of each generated frame
+    s: Tensor  # the model's own state of each generated frame: DiLA (B, steps, h, w, d_s),
+    #            FLAM its slots (B, steps, K, W)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Family:
     variants: tuple[str, ...]              # the family's named variants (ablations), first = default
     preset: str                            # "module:function" building a config (see build_config)
     capabilities: Callable[[Any], Capabilities]
+    params: tuple[str, ...] = ()           # extra per-variant settings build_config accepts as fields (FLAM: slots)
 
     def _get(self, name: str, module: str | None = None):
         import importlib
@@ -73,10 +75,16 @@ def _dila_capabilities(cfg) -> Capabilities:
     return Capabilities(latent_actions=has_z, phase2=has_z)
 
 
+def _flam_capabilities(cfg) -> Capabilities:
+    return Capabilities(latent_actions=True, phase2=True)
+
+
 FAMILIES: dict[str, Family] = {
     "dila": Family(module="dila_core.model", config="DiLAConfig", model="DiLA",
                    variants=("dila", "no_content", "no_latent_action"), preset="dila_core.presets:preset",
                    capabilities=_dila_capabilities),
+    "flam": Family(module="dila_core.flam", config="FLAMConfig", model="FLAM", variants=("flam",),
+                   preset="dila_core.flam:preset", capabilities=_flam_capabilities, params=("slots",)),
 }
 
 

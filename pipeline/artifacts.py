@@ -23,6 +23,8 @@ names the file and the command that makes it.
     <paths.logs>/<variant>/<phase>/                      ... and DVCLive: metrics.json, plots/metrics/
     <paths.eval>/rollouts/<variant>/tokens.zarr          rollout: true and predicted tokens
     <paths.eval>/<variant>/{metrics.json, details.json, latents.npz}   evaluate
+    <paths.plan>/<variant>.json                          plan: the world-model planner on the tasks
+    <paths.plan>/baselines.json                          plan_baselines: random and simulator-as-model
     <paths.report>/{metrics.json, table.md, plots/}      report
 """
 from __future__ import annotations
@@ -171,6 +173,32 @@ def read_evaluation(params: Params, variant: str) -> dict[str, Any]:
     if not path.is_file():
         raise MissingInput(f"{path}: no evaluation of variant {variant!r}; run `dila evaluate {variant}` first")
     return json.loads(path.read_text())
+
+
+# -- planning -------------------------------------------------------------------------------------
+
+def plan_path(params: Params, variant: str) -> Path:
+    return Path(params.paths.plan) / f"{variant}.json"
+
+
+def plan_baselines_path(params: Params) -> Path:
+    return Path(params.paths.plan) / "baselines.json"
+
+
+def read_plan(params: Params, variant: str | None = None) -> dict[str, Any]:
+    """What plan (`variant`) or plan_baselines (None) wrote."""
+    path = plan_baselines_path(params) if variant is None else plan_path(params, variant)
+    if not path.is_file():
+        command = "dila plan-baselines" if variant is None else f"dila plan {variant}"
+        raise MissingInput(f"{path}: no planning results; run `{command}` first")
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> Path:
+    """obj as indented JSON at path (its folder made); NaN is refused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    return path
 
 
 def report_dir(params: Params) -> Path:

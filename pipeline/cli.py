@@ -125,6 +125,24 @@ def evaluate(variant: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt
 
 
 @app.command()
+def plan(variant: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """Plan with VARIANT's latent actions toward held-out goals in train.dataset's simulator."""
+    from stages import plan as stage
+
+    path = _guard(stage.run, _params(params, set_), variant)
+    out.print(f"plan {variant}: wrote {path}")
+
+
+@app.command("plan-baselines")
+def plan_baselines(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """The planning tasks solved by random actions and by the planner with the simulator as its model."""
+    from stages import plan_baselines as stage
+
+    path = _guard(stage.run, _params(params, set_))
+    out.print(f"plan-baselines: wrote {path}")
+
+
+@app.command()
 def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
     """Write the ablation table (Markdown) and plots from every variant's metrics."""
     from stages import report as stage

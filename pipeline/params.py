@@ -33,6 +33,7 @@ class PathsParams:
     models: str = "data/models"
     logs: str = "data/logs"
     eval: str = "data/eval"
+    plan: str = "data/plan"
     report: str = "data/report"
 
 
@@ -117,7 +118,9 @@ class VariantParams:
     are checked against those registries when a model is built (`pipeline.training.runs`), so
     the stages that never build one do not depend on the model code. `beta` (gaussian: KL
     weight), `l1` and `vcm` (sparse: sparsity and variance-covariance-mean weights) are the
-    bottleneck's regulariser weights; a bottleneck ignores the ones it does not have."""
+    bottleneck's regulariser weights; a bottleneck ignores the ones it does not have. `slots` is
+    the number of scene factors K of a factored family (FLAM; each slot gets d_z / K of the latent
+    action); families without slots ignore it (`Family.params` lists what a family takes)."""
 
     family: str = "dila"
     variant: str = "dila"
@@ -125,11 +128,13 @@ class VariantParams:
     beta: float = 1e-4
     l1: float = 1e-2
     vcm: float = 1e-2
+    slots: int = 4
 
     def validate(self, where: str) -> None:
         for name in ("beta", "l1", "vcm"):
             value = getattr(self, name)
             check(math.isfinite(value) and value >= 0, f"{where}.{name}", value, "a finite number >= 0")
+        check(self.slots >= 1, f"{where}.slots", self.slots, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -236,12 +241,57 @@ class EvaluateParams:
         check(self.probe_alpha >= 0, f"{where}.probe_alpha", self.probe_alpha, "a number >= 0")
 
 
+@dataclass(frozen=True)
+class PlanParams:
+    """Planning toward goal states in train.dataset's own simulator (its source's `simulator_at`).
+
+    goals: held-out episodes, one task each; start: the kept frame a task starts at (its
+    `context` frames end there); goal_offset: the goal is the state this many kept frames later;
+    max_steps: actions executed per task. adapter_trajectories: train episodes whose (true action,
+    z) pairs fit the action adapter (a -> adapter_hidden -> d_z, adapter_steps AdamW steps; paper
+    100 and 256). context: frames the world model is given (paper 2). MPPI: samples, horizon,
+    temperature, beta (noise correlation in time), noise_std (in actions scaled to [-1, 1]),
+    iterations per plan, a new plan every replan_every steps. The defaults are the paper's where
+    it gives one (200 samples, horizon 10, temperature 0.05, beta 0.5, replan every step, 2
+    context frames); params.yaml lowers the search for 2 CPU cores and says so."""
+
+    goals: int = 8
+    start: int = 1
+    goal_offset: int = 25
+    max_steps: int = 25
+    adapter_trajectories: int = 100
+    adapter_hidden: int = 256
+    adapter_steps: int = 2000
+    context: int = 2
+    samples: int = 200
+    horizon: int = 10
+    temperature: float = 0.05
+    beta: float = 0.5
+    noise_std: float = 0.1
+    iterations: int = 3
+    replan_every: int = 1
+
+    def validate(self, where: str) -> None:
+        for name in ("goals", "goal_offset", "max_steps", "adapter_trajectories", "adapter_hidden", "adapter_steps",
+                     "context", "samples", "horizon", "iterations"):
+            check(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
+        check(self.start >= self.context - 1, f"{where}.start", self.start,
+              f"an integer >= context - 1 = {self.context - 1} (the context frames end at the start)")
+        check(1 <= self.replan_every <= self.horizon, f"{where}.replan_every", self.replan_every,
+              f"an integer in 1..horizon ({self.horizon})")
+        check(self.temperature > 0, f"{where}.temperature", self.temperature, "a number > 0")
+        check(0 <= self.beta < 1, f"{where}.beta", self.beta, "a number in [0, 1)")
+        check(self.noise_std > 0, f"{where}.noise_std", self.noise_std, "a number > 0")
+
+
 DEFAULT_VARIANTS = MappingProxyType({
     "dila": VariantParams(),
     "no_content": VariantParams(variant="no_content"),
     "discrete_z": VariantParams(bottleneck="nsvq"),
     "gaussian_z": VariantParams(bottleneck="gaussian"),
     "sparse_z": VariantParams(bottleneck="sparse"),
+    "no_z": VariantParams(variant="no_latent_action"),
+    "flam": VariantParams(family="flam", variant="flam", bottleneck="gaussian"),
 })
 
 
@@ -262,6 +312,7 @@ class Params:
     pixel_decoder: PixelDecoderParams = PixelDecoderParams()
     rollout: RolloutParams = RolloutParams()
     evaluate: EvaluateParams = EvaluateParams()
+    plan: PlanParams = PlanParams()
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:

@@ -19,6 +19,8 @@ holds the headline numbers of `headline`):
   episodes' clips tiling each episode, scored on the validation episodes'; on synthetic data
   the target is the pose change between the two frames (= the action when frame_skip is 1)
   and r2_translation is the mean R² of the (dx, dy) dimensions.
+- objects.<dataset>: per-object probes, slot -> object matching and DCI on probe datasets with
+  several objects per episode (`pipeline.evaluation.objects`).
 - motion_isolation: structure frozen at s_0 (`isolate_motion`); drift = mean squared change
   of the output from its first frame, beside the same for the true clip (reference).
 - ground_truth (synthetic train.dataset): the renderer draws the exact answer, encoded
@@ -28,10 +30,15 @@ holds the headline numbers of `headline`):
   reencode_mse checks that re-rendering and encoding a true clip reproduces the store.
 - latent_space: the shape of z (effective rank, per-dimension variance, active dimensions,
   inverse consistency, codebook use), see `pipeline.evaluation.manifold`.
+- future_leakage: one-step predictions under z from the true next frame and from a shuffled
+  future (another frame of the same clip); ratio = shuffled / true error, see
+  `pipeline.evaluation.manifold`.
+- probe.<dataset>.groups: the same probe scored per motion family (R² per transform family).
 - unavailable: "section[.metric]" -> why it could not be computed (never a made-up value).
 
 `latents.npz` beside it holds z of the validation clips of train.dataset with their motion
-family (-1 where unknown), for the latent-manifold plot (no rows for a variant without z).
+family (-1 where unknown) and the norm of their true action (NaN where unknown), for the
+latent-manifold plots (no rows for a variant without z).
 """
 from __future__ import annotations
 
@@ -44,7 +51,8 @@ import torch
 from dila_core.world_model import family_of
 from pipeline import artifacts
 from pipeline.evaluation.clips import pick, stack
-from pipeline.evaluation.manifold import manifold_section
+from pipeline.evaluation.manifold import future_leakage_section, manifold_section
+from pipeline.evaluation.objects import objects_section
 from pipeline.evaluation.pixels import load_decoder
 from pipeline.evaluation.sections import (
     Context,
@@ -89,11 +97,14 @@ def run(params: Params, variant: str) -> Path:
     section(out, "teacher_forced", lambda: teacher_forced_section(ctx), gone)
     cache: dict[str, Latents] = {}
     out["probe"] = {}
+    out["objects"] = {}
     for name in params.evaluate.probe_datasets:
         section(out["probe"], name, lambda: probe_section(ctx, name, cache), gone, f"probe.{name}")
+        section(out["objects"], name, lambda: objects_section(ctx, name, cache), gone, f"objects.{name}")
     section(out, "motion_isolation", lambda: isolation_section(ctx), gone)
     section(out, "ground_truth", lambda: ground_truth_section(ctx, val.attrs), gone)
     section(out, "latent_space", lambda: manifold_section(ctx, cache), gone)
+    section(out, "future_leakage", lambda: future_leakage_section(ctx), gone)
     latents_file(ctx, cache)
     out["unavailable"] = dict(sorted(ctx.unavailable.items()))
     details = artifacts.details_path(params, variant)

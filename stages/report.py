@@ -1,5 +1,6 @@
-"""Stage `report`: the ablation table (`table.md`, with the paper comparison) and the plots, over
-every variant's evaluation (its details JSON and `latents.npz`)."""
+"""Stage `report`: the ablation table (`table.md`, with the paper comparison and the planning
+table) and the plots, over every variant's evaluation (its details JSON and `latents.npz`) and
+planning results (`<paths.plan>/`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,4 +22,13 @@ def run(params: Params) -> Path:
             with np.load(lat) as f:
                 found[variant] = {k: f[k] for k in f.files}
     pusht = next((n for n in params.evaluate.probe_datasets if params.dataset(n).kind == "pusht_zarr"), None)
-    return report.write_report(artifacts.report_dir(params), metrics, found, pusht)
+    plans = {"baselines": _plan(params, None), "variants": {v: _plan(params, v) for v in params.variants}}
+    return report.write_report(artifacts.report_dir(params), metrics, found, pusht, params.seed, plans)
+
+
+def _plan(params: Params, variant: str | None) -> dict:
+    """A plan stage's file, or the reason it is missing (planning is reported, never required)."""
+    try:
+        return artifacts.read_plan(params, variant)
+    except artifacts.MissingInput as err:
+        return {"success_rate": None, "unavailable": str(err)}

@@ -29,6 +29,7 @@ def tiny_overrides(tmp: Path) -> list[str]:
         f"paths.models={tmp}/models",
         f"paths.logs={tmp}/logs",
         f"paths.eval={tmp}/eval",
+        f"paths.plan={tmp}/plan",
         f"paths.report={tmp}/report",
         "encoder.weights=random",
         "encoder.input_size=42",
@@ -39,6 +40,11 @@ def tiny_overrides(tmp: Path) -> list[str]:
         "datasets.synthetic.episodes=6",
         "datasets.synthetic.frames=10",
         "datasets.synthetic.size=32",
+        "datasets.objects3.episodes=4",
+        "datasets.objects3.frames=10",
+        "datasets.objects3.size=32",
+        "datasets.pusht_sim.episodes=2",
+        "datasets.pusht_sim.frames=6",
         "datasets.pusht.max_frames=5",
         "evaluate.probe_datasets=[synthetic]",
     ]
@@ -51,6 +57,8 @@ TINY_STAGE_TWO = [
     "train.val_fraction=0.34", "finetune.steps=2", "finetune.checkpoint_every=1", "pixel_decoder.size=32",
     "pixel_decoder.width=16", "pixel_decoder.steps=4", "pixel_decoder.batch_size=4",
     "pixel_decoder.checkpoint_every=2", "rollout.horizon=4", "rollout.episodes=2",
+    "plan.goals=2", "plan.goal_offset=3", "plan.max_steps=3", "plan.adapter_steps=50", "plan.adapter_hidden=16",
+    "plan.samples=8", "plan.horizon=2", "plan.iterations=1",
 ]
 
 

@@ -130,12 +130,14 @@ def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
                      "variants.no_action={variant: no_latent_action, bottleneck: continuous}")
     out = sh("dvc", "repro", cwd=repo)
     stages = ["prepare@synthetic", "extract@synthetic", "pixel_decoder", "train@dila", "finetune@gaussian_z",
-              "rollout@discrete_z", "evaluate@no_content", "finetune@no_action", "evaluate@no_action", "report"]
+              "rollout@discrete_z", "evaluate@no_content", "finetune@no_action", "evaluate@no_action", "train@flam",
+              "plan@dila", "plan@no_action", "plan_baselines", "report"]
     for stage in stages + (["prepare@pusht", "extract@pusht"] if pusht else []):
         assert f"Running stage '{stage}'" in out, stage
     table = (repo / "data/report/table.md").read_text()
     assert "random-init (seed 0)" in table and "| dila |" in table and "| repeat last frame |" in table
-    assert "| no_action |" in table and "## Against the paper" in table
+    assert "| no_action |" in table and "## Against the paper" in table and "## Planning" in table
+    assert "| simulator as model (upper bound) |" in table and "| flam |" in table
     if pusht:
         assert "probe pusht R²" in table and "| DiLA | 0.009 |" in table
     assert "Running stage" not in sh("dvc", "repro", cwd=repo)  # a re-run is a no-op
@@ -201,6 +203,7 @@ def test_readme_offline_main_job_on_default_params(tmp_path):
     assert "random-init (seed 0)" in out and "(2048, 8, 8, 384)" in out
     sh("dila", "verify", "data/features/synthetic.zarr", cwd=repo)
     table = (repo / "data/report/table.md").read_text()
-    for variant in ("dila", "no_content", "discrete_z", "gaussian_z"):
+    for variant in ("dila", "no_content", "discrete_z", "gaussian_z", "sparse_z", "no_z", "flam"):
         assert f"| {variant} |" in table
-    assert "random-init" in table and "probe pusht R²" in table
+    assert "random-init" in table and "probe pusht R²" in table and "## Objects" in table
+    assert "| simulator as model (upper bound) |" in table

@@ -126,14 +126,21 @@ def regression_scores(y_true: Array, y_pred: Array) -> dict[str, object]:
     }
 
 
-def linear_probe(x_train: Array, y_train: Array, x_test: Array, y_test: Array, alpha: float) -> dict[str, object]:
+def linear_probe(x_train: Array, y_train: Array, x_test: Array, y_test: Array, alpha: float,
+                 groups: dict[str, Array] | None = None) -> dict[str, object]:
     """Fit a ridge probe x -> y on the train set and score it on the test set. Targets are
     standardised with the train set's mean and std first, so MSE is in units of each
-    dimension's train-set standard deviation (comparable across dimensions and datasets)."""
+    dimension's train-set standard deviation (comparable across dimensions and datasets).
+    `groups` (name -> boolean mask over the test set) adds the same scores on each subset under
+    "groups" (the one probe, scored per group: e.g. per motion family)."""
     y_train, y_test = np.asarray(y_train, np.float64), np.asarray(y_test, np.float64)
     y_mean, y_scale = y_train.mean(0), _scale(y_train)
     probe = fit_probe(x_train, (y_train - y_mean) / y_scale, alpha)
-    scores = regression_scores((y_test - y_mean) / y_scale, probe.predict(x_test))
+    truth, pred = (y_test - y_mean) / y_scale, probe.predict(x_test)               # (M, a) each
+    scores = regression_scores(truth, pred)
+    if groups:
+        scores["groups"] = {name: {**regression_scores(truth[mask], pred[mask]), "samples": int(mask.sum())}
+                            for name, mask in groups.items() if mask.sum() >= 2}
     return {**scores, "train_samples": int(len(y_train)), "test_samples": int(len(y_test)), "alpha": float(alpha)}
 
 

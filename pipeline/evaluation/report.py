@@ -9,8 +9,9 @@ stages/evaluate.py) and, where present, its latents (z (M, d_z), family (M,), fa
     table.md                  rows = variants + the "repeat last frame" baseline; then the
                               paper's numbers beside ours (pipeline/evaluation/paper.py)
     plots/rollout_error.png   token MSE and cosine vs horizon step, per variant, with the baseline
-    plots/latent_pca.png      z projected on its first two principal components, per variant,
-                              coloured by the true motion family
+    plots/latents_<variant>.png  z of one variant in 2-D (UMAP where `umap-learn` is installed,
+                              else PCA; the title says which), coloured by transform family and
+                              by the size of the true action (pipeline/evaluation/latent_plots.py)
 
 A value that could not be computed reads "n/a [k]" in its cell, with note k giving the
 reason recorded in details.json. The header names the encoder weights, so a run on a
@@ -26,7 +27,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pipeline.evaluation.metrics import pca_2d
+from pipeline.evaluation import report_planning as planning
+from pipeline.evaluation.latent_plots import plot_variant
 from pipeline.evaluation.paper import comparison, lookup
 
 BASELINE = "repeat last frame"
@@ -130,7 +132,8 @@ def _truth_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]:
 def _latent_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]:
     cols = [("d_z", "latent_space.d_z"), ("effective rank", "latent_space.effective_rank"),
             ("active dims", "latent_space.active_dims"),
-            ("inverse consistency cos(z(t→t+1), z(t+1→t))", "latent_space.inverse_consistency")]
+            ("inverse consistency cos(z(t→t+1), z(t+1→t))", "latent_space.inverse_consistency"),
+            ("future leakage: shuffled-future z / true z one-step MSE", "future_leakage.ratio")]
     if any(lookup(m, "latent_space.codebook") is not None for m in metrics.values()):
         cols += [("codebook usage", "latent_space.codebook.usage"),
                  ("codebook perplexity", "latent_space.codebook.perplexity")]
@@ -139,6 +142,32 @@ def _latent_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]
         cells = [DASH if key.startswith("latent_space.codebook") and "latent_space" in m
                  and lookup(m, "latent_space.codebook") is None else cell(m, key, notes) for _, key in cols]
         lines.append(_row(variant, cells))
+    return lines
+
+
+def _objects_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]:
+    """One row per (variant, multi-object store); empty when no variant has per-object numbers."""
+    stores = sorted({name for m in metrics.values() for name in m.get("objects", {})})
+    if not stores:
+        return []
+    counts = sorted({c for m in metrics.values() for o in m.get("objects", {}).values()
+                     for c in o["per_object"]["r2_by_count"]})
+    head = [f"R², {c} object(s)" for c in counts] + ["slots: assigned R²", "DCI disentanglement",
+                                                     "DCI of slots"]
+    lines = [_row("model (store)", head), "|" + "---|" * (len(head) + 1)]
+    for name in stores:
+        for variant, m in metrics.items():
+            key = f"objects.{name}"
+            if lookup(m, key) is None:
+                lines.append(_row(f"{variant} ({name})", [notes.ref(_reason(m, key))] + [DASH] * (len(head) - 1)))
+                continue
+            o = m["objects"][name]
+            slots = (o.get("slots") or {}).get("assigned_r2")
+            cells = [cell(m, f"{key}.per_object.r2_by_count.{c}", notes) for c in counts]
+            cells.append(", ".join(number(v) for v in slots if v is not None) if slots else DASH)
+            cells.append(number(o["dci"]["disentanglement"]) if o.get("dci") else DASH)
+            cells.append(number(o["dci_slots"]["disentanglement"]) if o.get("dci_slots") else DASH)
+            lines.append(_row(f"{variant} ({name})", cells))
     return lines
 
 
@@ -157,9 +186,11 @@ def _header(metrics: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def format_table(metrics: dict[str, dict[str, Any]], pusht: str | None = None) -> str:
+def format_table(metrics: dict[str, dict[str, Any]], pusht: str | None = None,
+                 plans: dict[str, Any] | None = None) -> str:
     """table.md for metrics {variant: details.json content} (in row order); `pusht` names the
-    probed dataset set beside the paper's Push-T probe (none when None)."""
+    probed dataset set beside the paper's Push-T probe (none when None); `plans` adds the
+    planning table."""
     if not metrics:
         raise ValueError("format_table: no variants to report")
     notes = Notes()
@@ -175,8 +206,19 @@ def format_table(metrics: dict[str, dict[str, Any]], pusht: str | None = None) -
     lines += ["", "## Latent space (the shape of z; no eyes needed)", "",
               "Effective rank: exp of the entropy of z's singular values (d_z when isotropic, 1 on a line). "
               "Active dims: variance >= 1% of the largest. Inverse consistency: -1 when reversing a "
-              "transition gives the opposite action.", ""]
+              "transition gives the opposite action. Future leakage: above 1 when z carries the true next "
+              "frame's motion; 1 means z is ignored, or (if the one-step error beats repeating the frame) "
+              "the future reaches the prediction another way.", ""]
     lines += _latent_table(metrics, notes)
+    objects = _objects_table(metrics, notes)
+    if objects:
+        lines += ["", "## Objects (per-object probes on the multi-object stores; R², higher is better)", "",
+                  "Per object: ridge probe from the whole z to each object's action. Slots: each slot's chunk "
+                  "of z alone, slots matched one-to-one to objects by the best assignment (factored models). "
+                  "DCI: disentanglement of the codes' importance for the objects (1: each code serves one).", ""]
+        lines += objects
+    if plans is not None:
+        lines += ["", *planning.table(plans, notes.ref, number)]
     against = comparison(metrics, pusht)
     lines += ["", *against] if against else []
     if notes.reasons:
@@ -203,51 +245,39 @@ def plot_rollout_error(metrics: dict[str, dict[str, Any]], path: Path) -> Path |
     return path
 
 
-def plot_latents(latents: dict[str, dict[str, np.ndarray]], path: Path) -> Path | None:
-    """z (PCA to 2-D) per variant, coloured by motion family; None when no variant has latents."""
-    usable = {v: d for v, d in latents.items() if len(d["z"]) >= 2}
-    if not usable:
-        return None
-    fig = Figure(figsize=(4 * len(usable), 4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(usable)))
-    for ax, (variant, d) in zip(axes, usable.items()):
-        coords, ratio = pca_2d(d["z"])
-        names = [str(n) for n in d["families"]]
-        for fam in np.unique(d["family"]):
-            sel = d["family"] == fam
-            label = names[fam] if 0 <= fam < len(names) else "unknown"
-            ax.scatter(coords[sel, 0], coords[sel, 1], s=6, alpha=0.7, label=label)
-        ax.set(title=variant, xlabel=f"PC1 ({ratio[0]:.0%})", ylabel=f"PC2 ({ratio[1]:.0%})")
-        ax.legend(fontsize=8, markerscale=2)
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def headline(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def headline(metrics: dict[str, dict[str, Any]], plans: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's metrics file: the two numbers that say whether a variant learned anything (does it
-    beat repeating the last frame, does it use z) for every variant, beside the baseline. Null
+    beat repeating the last frame, does it use z) for every variant, beside the baseline, and with
+    `plans` the planning success rates (each variant's, random actions', the simulator's). Null
     where a variant lacks the number (table.md's notes say why). One file with few keys, so
     `dvc metrics show` and `dvc exp show` compare variants in one row."""
     bases = {lookup(m, "rollout.baseline.token_mse") for m in metrics.values()} - {None}
     if len(bases) > 1:  # every variant rolls out the same clips, so one baseline; anything else is a bug
         raise ValueError(f"variants disagree on the repeat-last-frame baseline: {sorted(bases)}")
     out: dict[str, Any] = {"repeat_mse": bases.pop() if bases else None}
+    planned = planning.numbers(plans) if plans is not None else None
+    if planned is not None:
+        out.update(plan_random=planned["plan_random"], plan_simulator=planned["plan_simulator"])
     for variant, m in metrics.items():
         out[variant] = {"rollout_mse": lookup(m, "rollout.token_mse"), "z_usage": lookup(m, "rollout.z_usage")}
+        if planned is not None:
+            out[variant]["plan_success"] = planned["variants"].get(variant)
     return out
 
 
 def write_report(out_dir: Path, metrics: dict[str, dict[str, Any]],
-                 latents: dict[str, dict[str, np.ndarray]], pusht: str | None = None) -> Path:
-    """metrics.json, table.md and the plots under out_dir; returns table.md's path. Stale plots
-    are removed."""
+                 latents: dict[str, dict[str, np.ndarray]], pusht: str | None = None, seed: int = 0,
+                 plans: dict[str, Any] | None = None) -> Path:
+    """metrics.json, table.md and the plots under out_dir (latent maps seeded by `seed`; with `plans`
+    the planning table, see report_planning); returns table.md's path. Stale plots are removed."""
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     for old in plots.glob("*.png"):
         old.unlink()
     plot_rollout_error(metrics, plots / "rollout_error.png")
-    plot_latents(latents, plots / "latent_pca.png")
-    (out_dir / "metrics.json").write_text(json.dumps(headline(metrics), indent=1, allow_nan=False) + "\n")
+    for variant, lat in latents.items():
+        plot_variant(variant, lat, plots / f"latents_{variant}.png", seed)
+    (out_dir / "metrics.json").write_text(json.dumps(headline(metrics, plans), indent=1, allow_nan=False) + "\n")
     table = out_dir / "table.md"
-    table.write_text(format_table(metrics, pusht))
+    table.write_text(format_table(metrics, pusht, plans))
     return table

@@ -186,24 +186,36 @@ class Latents:
     z: np.ndarray                    # (M, d_z) one latent action per transition
     y: np.ndarray | None             # (M, a) its true action, None where the store has none
     family: np.ndarray               # (M,) motion family id, -1 where unknown
+    objects: np.ndarray | None = None  # (M, K, a / K) y per object, where the source has objects
+    present: np.ndarray | None = None  # (M, K) whether each object exists
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray | None:
+    return np.concatenate(parts) if parts else None
 
 
 def latents(ctx: Context, name: str, windows: Windows, chunk: int = 64) -> Latents:
-    """z, true actions and motion families of the clips tiling every episode of `windows`."""
+    """z, true actions (also per object) and motion families of the clips tiling every episode of
+    `windows`."""
     idx = pick(windows, tile=True)
-    zs, ys, fams = [], [], []
+    zs, ys, fams, objects, present = [], [], [], [], []
     for i in range(0, len(idx), chunk):
         clips = stack(windows, idx[i:i + chunk])
         z = batched(ctx.model.infer_actions, clips["e"], dev=ctx.dev)             # (n, T-1, d_z)
         zs.append(z.reshape(-1, z.shape[-1]))
         try:
-            y = probe_targets(ctx, name, clips)                             # (n, T-1, a)
+            y = probe_targets(ctx, name, clips)                                    # (n, T-1, a)
             ys.append(y.reshape(-1, y.shape[-1]))
+            split = ctx.source(name).object_targets(y, clips.get("labels", {}))    # (n, T-1, K, a/K), (n, T-1, K)
+            if split is not None:
+                objects.append(split[0].reshape(-1, *split[0].shape[2:]))
+                present.append(split[1].reshape(-1, split[1].shape[-1]))
         except Unavailable:
             pass
         motion = clips.get("labels", {}).get("motion")
         fams.append(motion[:, :-1].reshape(-1) if motion is not None else np.full(len(zs[-1]), -1))
-    return Latents(np.concatenate(zs), np.concatenate(ys) if ys else None, np.concatenate(fams).astype(np.int32))
+    return Latents(np.concatenate(zs), _join(ys), np.concatenate(fams).astype(np.int32), _join(objects),
+                   _join(present))
 
 
 def probe_section(ctx: Context, name: str, cache: dict[str, Latents]) -> dict[str, Any]:
@@ -215,10 +227,12 @@ def probe_section(ctx: Context, name: str, cache: dict[str, Latents]) -> dict[st
         raise Unavailable(f"the {name!r} store holds {train.grid} x {train.dim} tokens, the model takes "
                           f"{tuple(cfg.grid)} x {cfg.token_dim} (another encoder or input size)")
     test = cache[name] = latents(ctx, name, val)
-    fit = latents(ctx, name, train)
+    fit = cache[f"{name}/train"] = latents(ctx, name, train)
     if fit.y is None or test.y is None:
         raise Unavailable(f"the {name!r} feature store has no actions")
-    out = M.linear_probe(fit.z, fit.y, test.z, test.y, ctx.params.evaluate.probe_alpha)
+    names = ctx.source(name).motion_names()
+    groups = {names[f]: test.family == f for f in np.unique(test.family) if 0 <= f < len(names)}
+    out = M.linear_probe(fit.z, fit.y, test.z, test.y, ctx.params.evaluate.probe_alpha, groups)
     dims = ctx.source(name).translation_dims(fit.y.shape[1])
     if dims:
         r2 = [out["r2_per_dim"][d] for d in dims if out["r2_per_dim"][d] is not None]
@@ -296,15 +310,26 @@ def section(out: dict[str, Any], key: str, fn: Callable[[], dict[str, Any]], una
         unavailable[where or key] = str(err)
 
 
-def latents_file(ctx: Context, cache: dict[str, Latents]) -> None:
-    """z of train.dataset's validation clips with their motion families, for the manifold plot."""
-    path = artifacts.latents_path(ctx.params, ctx.variant)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def validation_latents(ctx: Context, cache: dict[str, Latents]) -> Latents:
+    """Latents of the validation clips tiling every held-out episode of train.dataset, computed once
+    per evaluation (the probe of train.dataset fills the same cache)."""
     name = ctx.params.train.dataset
-    names = np.array(ctx.source(name).motion_names(), dtype=str)
-    if not ctx.model.capabilities.latent_actions:                                          # an empty file: no z to plot
-        np.savez(path, z=np.zeros((0, 0), np.float32), family=np.zeros(0, np.int32), families=names)
-        return
     if name not in cache:
         cache[name] = latents(ctx, name, open_windows(ctx.params, name)[1])
-    np.savez(path, z=cache[name].z.astype(np.float32), family=cache[name].family, families=names)
+    return cache[name]
+
+
+def latents_file(ctx: Context, cache: dict[str, Latents]) -> None:
+    """z of train.dataset's validation clips with their motion families and the size of their true
+    action (‖y‖, NaN where the store has no actions), for the manifold plots."""
+    path = artifacts.latents_path(ctx.params, ctx.variant)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = np.array(ctx.source(ctx.params.train.dataset).motion_names(), dtype=str)
+    if not ctx.model.capabilities.latent_actions:                                          # an empty file: no z to plot
+        np.savez(path, z=np.zeros((0, 0), np.float32), family=np.zeros(0, np.int32),
+                 magnitude=np.zeros(0, np.float32), families=names)
+        return
+    lat = validation_latents(ctx, cache)
+    magnitude = np.full(len(lat.z), np.nan) if lat.y is None else np.linalg.norm(lat.y, axis=-1)
+    np.savez(path, z=lat.z.astype(np.float32), family=lat.family, magnitude=magnitude.astype(np.float32),
+             families=names)

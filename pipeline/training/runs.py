@@ -52,9 +52,14 @@ def check_variant(params: Params, variant: str) -> world_model.Family:
 def model_config(params: Params, variant: str, grid: tuple[int, int], dim: int):
     """The variant's model config on a store's token grid and width."""
     v = params.variant(variant)
+    fam = check_variant(params, variant)
     weights = {"beta": v.beta, "l1": v.l1, "vcm": v.vcm}  # the bottleneck's regulariser weights
-    return check_variant(params, variant).build_config(params.model.preset, v.variant, v.bottleneck,
-                                                       weights, grid=grid, token_dim=dim)
+    extra = {name: getattr(v, name) for name in fam.params}  # e.g. FLAM's slots
+    try:
+        return fam.build_config(params.model.preset, v.variant, v.bottleneck, weights, grid=grid, token_dim=dim,
+                                **extra)
+    except ValueError as err:  # a config the family refuses (e.g. slots not dividing d_z) names the variant
+        raise ParamsError(f"variants.{variant}: {err}") from err
 
 
 def variant_capabilities(params: Params, variant: str, grid: tuple[int, int] = (1, 1),

@@ -86,6 +86,19 @@ def test_linear_probe_scores_held_out_data_in_train_std_units():
     assert 0.7 < out["mse"] < 1.4 and out["r2"] < 0.05
 
 
+def test_linear_probe_scores_each_group_with_the_one_probe():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 3))
+    y = x[:, :1] * 2.0                                        # y is linear in x everywhere ...
+    y[300:][x[300:, 1] > 0] = rng.normal(size=((x[300:, 1] > 0).sum(), 1))  # ... but noise in group "b"
+    test_b = x[300:, 1] > 0
+    out = M.linear_probe(x[:300], y[:300], x[300:], y[300:], alpha=0.0, groups={"a": ~test_b, "b": test_b,
+                                                                                "empty": np.zeros(100, bool)})
+    assert set(out["groups"]) == {"a", "b"}                   # fewer than 2 samples: no scores
+    assert out["groups"]["a"]["r2"] == pytest.approx(1.0)
+    assert out["groups"]["b"]["r2"] < 0.2 and out["groups"]["b"]["samples"] == int(test_b.sum())
+
+
 def test_ssim_of_identical_images_is_one():
     x = np.random.default_rng(2).random((3, 20, 24, 3))
     np.testing.assert_allclose(M.ssim(x, x), [1.0, 1.0, 1.0], atol=1e-12)

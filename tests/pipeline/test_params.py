@@ -18,10 +18,11 @@ def test_defaults_parse_into_frozen_typed_objects():
     p = load_params(ROOT / "params.yaml")
     assert p.encoder.model == "facebook/dinov2-small" and p.encoder.weights == "pretrained"
     assert p.encoder.input_size % 14 == 0
-    assert set(p.datasets) == {"synthetic", "pusht"}
-    assert p.datasets["synthetic"].kind == "synthetic"
+    assert set(p.datasets) == {"synthetic", "objects3", "pusht_sim", "pusht"}
+    assert p.datasets["pusht_sim"].kind == "gym_pusht"
+    assert p.datasets["synthetic"].kind == "synthetic" and p.datasets["objects3"].max_objects == 3
     assert (p.datasets["pusht"].kind, p.datasets["pusht"].path) == ("pusht_zarr", "../shared/data/pusht_cchi_v7_replay.zarr")
-    assert p.evaluate.probe_datasets == ("synthetic", "pusht")
+    assert p.evaluate.probe_datasets == ("synthetic", "objects3", "pusht")
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.encoder.input_size = 224
     with pytest.raises(TypeError):
@@ -115,7 +116,9 @@ def test_file_errors_name_the_file(tmp_path):
 def test_stage_two_sections_default_and_validate():
     p = load_params(ROOT / "params.yaml")
     assert p.model.preset == "small" and p.train.dataset == "synthetic"
-    assert sorted(p.variants) == ["dila", "discrete_z", "gaussian_z", "no_content", "sparse_z"]
+    assert sorted(p.variants) == ["dila", "discrete_z", "flam", "gaussian_z", "no_content", "no_z", "sparse_z"]
+    assert (p.variant("flam").family, p.variant("flam").slots, p.variant("no_z").variant) == (
+        "flam", 4, "no_latent_action")
     assert p.variant("discrete_z").bottleneck == "nsvq" and p.variant("no_content").variant == "no_content"
     assert (p.variant("sparse_z").bottleneck, p.variant("sparse_z").l1, p.variant("gaussian_z").beta) == (
         "sparse", 0.01, 1e-4)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evaluation import report
+from pipeline.evaluation import latent_plots, report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -27,6 +27,8 @@ def dila_metrics():
         "motion_isolation": {"drift": 0.001, "reference": 0.2},
         "latent_space": {"transitions": 40, "d_z": 6, "effective_rank": 4.2512, "active_dims": 5,
                          "dimension_variance": [1.0, 0.5, 0.2, 0.1, 0.05, 0.001], "inverse_consistency": -0.61234},
+        "future_leakage": {"transitions": 21, "true_z_mse": 0.1, "shuffled_z_mse": 0.25, "repeat_mse": 0.3,
+                           "ratio": 2.5},
         "ground_truth": {"pairs": 8, "reencode_mse": 0.0, "rebinding": {"token_mse": 0.4, "baseline_token_mse": 0.7},
                          "action_transfer": {"token_mse": 0.3, "baseline_token_mse": 0.5}},
         "unavailable": {"rollout.lpips": "lpips not installed", "rollout.baseline.lpips": "lpips not installed",
@@ -42,7 +44,8 @@ def no_content_metrics():
         "motion_isolation": {"drift": 0.0, "reference": 0.2},
         "unavailable": {"rollout": "no rollouts", "cycle_transfer": "no rollouts",
                         "teacher_forced": "no phase-1 record at m.json", "probe.synthetic": "no rollouts",
-                        "ground_truth": "needs a synthetic train.dataset", "latent_space": "no rollouts"},
+                        "ground_truth": "needs a synthetic train.dataset", "latent_space": "no rollouts",
+                        "future_leakage": "no rollouts"},
     }
 
 
@@ -82,12 +85,16 @@ re-encoding check | motion-isolation drift | true clip change |
 
 ## Latent space (the shape of z; no eyes needed)
 
-Effective rank: exp of the entropy of z's singular values (d_z when isotropic, 1 on a line). Active dims: variance >= 1% of the largest. Inverse consistency: -1 when reversing a transition gives the opposite action.
+Effective rank: exp of the entropy of z's singular values (d_z when isotropic, 1 on a line). Active dims: \
+variance >= 1% of the largest. Inverse consistency: -1 when reversing a transition gives the opposite action. \
+Future leakage: above 1 when z carries the true next frame's motion; 1 means z is ignored, or (if the one-step \
+error beats repeating the frame) the future reaches the prediction another way.
 
-| model | d_z | effective rank | active dims | inverse consistency cos(z(t→t+1), z(t+1→t)) |
-|---|---|---|---|---|
-| dila | 6 | 4.251 | 5 | -0.6123 |
-| no_content | n/a [2] | n/a [2] | n/a [2] | n/a [2] |
+| model | d_z | effective rank | active dims | inverse consistency cos(z(t→t+1), z(t+1→t)) | \
+future leakage: shuffled-future z / true z one-step MSE |
+|---|---|---|---|---|---|
+| dila | 6 | 4.251 | 5 | -0.6123 | 2.5 |
+| no_content | n/a [2] | n/a [2] | n/a [2] | n/a [2] | n/a [2] |
 
 ## Notes
 
@@ -108,8 +115,53 @@ def test_codebook_columns_appear_with_a_codebook_and_read_a_dash_without():
     discrete["latent_space"] = {**discrete["latent_space"], "codebook": {"usage": 0.75, "perplexity": 5.5}}
     table = report.format_table({"dila": dila_metrics(), "discrete": discrete})
     assert "| codebook usage | codebook perplexity |" in table
-    assert "\n| dila | 6 | 4.251 | 5 | -0.6123 | — | — |" in table
-    assert "\n| discrete | 6 | 4.251 | 5 | -0.6123 | 0.75 | 5.5 |" in table
+    assert "\n| dila | 6 | 4.251 | 5 | -0.6123 | 2.5 | — | — |" in table
+    assert "\n| discrete | 6 | 4.251 | 5 | -0.6123 | 2.5 | 0.75 | 5.5 |" in table
+
+
+def objects_entry(slots):
+    return {"per_object": {"r2": [0.9, 0.5], "r2_by_count": {"1": 0.9, "2": 0.7}, "objects": 2},
+            "slots": None if slots is None else {"r2": [[0.1, 0.8], [0.85, 0.2]], "assignment": [1, 0],
+                                                 "assigned_r2": slots},
+            "dci": {"disentanglement": 0.4, "completeness": 0.3}, "transitions": 12,
+            "dci_slots": None if slots is None else {"disentanglement": 0.75, "completeness": 0.7}}
+
+
+def test_objects_table_has_per_count_r2_slot_matching_and_dci():
+    flat, factored = dila_metrics(), dila_metrics()
+    flat["objects"], factored["objects"] = {"multi": objects_entry(None)}, {"multi": objects_entry([0.85, 0.8])}
+    table = report.format_table({"dila": flat, "flam": factored, "no_content": no_content_metrics()})
+    assert "| model (store) | R², 1 object(s) | R², 2 object(s) | slots: assigned R² | DCI disentanglement | " \
+           "DCI of slots |" in table
+    assert "\n| dila (multi) | 0.9 | 0.7 | — | 0.4 | — |" in table
+    assert "\n| flam (multi) | 0.9 | 0.7 | 0.85, 0.8 | 0.4 | 0.75 |" in table
+    assert "\n| no_content (multi) | n/a [" in table and "objects.multi not recorded in details.json" in table
+    assert "## Objects" not in report.format_table({"dila": dila_metrics()})
+
+
+def plans():
+    task = {"episode": "episode_000001", "success": True}
+    return {"baselines": {"dataset": "synthetic", "goals": 4, "random": {"success_rate": 0.0, "tasks": [task]},
+                          "simulator": {"success_rate": 0.8, "tasks": [task]}},
+            "variants": {"dila": {"success_rate": 0.4, "goals": 4, "adapter": {"explained": 0.25}},
+                         "no_content": {"success_rate": None,
+                                        "unavailable": "variant 'no_content' has no latent actions"}}}
+
+
+def test_planning_table_normalises_by_the_simulator_and_keeps_reasons():
+    table = report.format_table({"dila": dila_metrics(), "no_content": no_content_metrics()}, plans=plans())
+    assert "## Planning: success rate on 4 held-out goals in synthetic's simulator" in table
+    assert "\n| dila | 0.4 | 0.5 | 0.25 |" in table
+    assert "\n| no_content | n/a [5] | — | — |" in table
+    assert "[5] variant 'no_content' has no latent actions" in table
+    assert "\n| random actions | 0 | 0 | — |\n| simulator as model (upper bound) | 0.8 | 1 | — |" in table
+    assert "## Planning" not in report.format_table({"dila": dila_metrics()})
+
+
+def test_headline_carries_the_planning_success_rates():
+    h = report.headline({"dila": dila_metrics(), "no_content": no_content_metrics()}, plans())
+    assert (h["plan_random"], h["plan_simulator"]) == (0.0, 0.8)
+    assert (h["dila"]["plan_success"], h["no_content"]["plan_success"]) == (0.4, None)
 
 
 def test_random_init_encoder_is_flagged_in_the_header():
@@ -149,17 +201,19 @@ def test_write_report_writes_table_and_plots_and_drops_stale_plots(tmp_path):
     assert path == tmp_path / "table.md" and path.read_text() == EXPECTED
     assert json.loads((tmp_path / "metrics.json").read_text()) == report.headline(metrics)
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert pngs == ["latent_pca.png", "rollout_error.png"]
+    assert pngs == ["latents_dila.png", "rollout_error.png"]
     for name in pngs:
         assert (tmp_path / "plots" / name).read_bytes()[:8] == PNG
 
 
 def test_plots_are_skipped_without_data(tmp_path):
     assert report.plot_rollout_error({"no_content": no_content_metrics()}, tmp_path / "a.png") is None
-    assert report.plot_latents({}, tmp_path / "b.png") is None
+    empty = {**latents(), "z": np.zeros((0, 0), np.float32), "family": np.zeros(0, np.int32)}
+    assert latent_plots.plot_variant("x", empty, tmp_path / "b.png", seed=0) is None
     unknown = {**latents(), "family": np.full(40, -1, np.int32), "families": np.array([], dtype=str)}
-    assert report.plot_latents({"x": unknown}, tmp_path / "c.png") == tmp_path / "c.png"
-    assert not (tmp_path / "a.png").exists() and (tmp_path / "c.png").read_bytes()[:8] == PNG
+    assert latent_plots.plot_variant("x", unknown, tmp_path / "c.png", seed=0, method="pca").startswith("PCA")
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG
 
 
 def test_headline_is_the_baseline_once_and_two_numbers_per_variant():

@@ -9,7 +9,7 @@ from tests.conftest import make_params
 @pytest.mark.parametrize("override, key", [
     ("variants.dila.bottleneck=vq", "variants.dila.bottleneck: 'vq' is not a bottleneck"),
     ("variants.dila.variant=nope", "variants.dila.variant: 'nope' is not a variant of family 'dila'"),
-    ("variants.dila.family=flam", "variants.dila.family: 'flam' is not a registered model family"),
+    ("variants.dila.family=slotformer", "variants.dila.family: 'slotformer' is not a registered model family"),
 ])
 def test_unknown_names_are_errors_that_name_the_field(tmp_path, override, key):
     params = make_params(tmp_path, override)
@@ -30,3 +30,12 @@ def test_a_variants_regulariser_weights_reach_its_bottleneck(tmp_path):
     noisy, sparse = (runs.model_config(params, v, (4, 4), 32).bottleneck for v in ("n", "s"))
     assert (noisy.kind, noisy.beta) == ("gaussian", 0.5)
     assert (sparse.kind, sparse.l1, sparse.vcm) == ("sparse", 0.2, 0.3)
+
+
+def test_a_factored_familys_slots_reach_its_config_and_a_bad_count_names_the_variant(tmp_path):
+    params = make_params(tmp_path, "variants={f: {family: flam, variant: flam, bottleneck: gaussian, slots: 2}, "
+                                   "g: {family: flam, variant: flam, slots: 3}}")
+    cfg = runs.model_config(params, "f", (4, 4), 32)
+    assert (cfg.slots, cfg.bottleneck.kind, cfg.bottleneck.d_z) == (2, "gaussian", 32)
+    with pytest.raises(ParamsError, match=r"variants\.g: .*slots = 3 is not allowed: expected a divisor"):
+        runs.model_config(params, "g", (4, 4), 32)

@@ -118,12 +118,64 @@ def test_probe_targets_are_the_actions_at_frame_skip_one(run):
         sections.probe_targets(none, "synthetic", clips)
 
 
-def test_latents_file_holds_validation_z_and_motion_families(run):
+def test_probe_is_scored_per_motion_family(run):
+    probe = run.metrics["probe"]["synthetic"]
+    motion = val_clips(run.params)["labels"]["motion"]                              # one family per episode
+    assert set(probe["groups"]) == {MOTIONS[f] for f in np.unique(motion[:, 0])}
+    assert sum(g["samples"] for g in probe["groups"].values()) == probe["test_samples"]
+
+
+def test_latents_file_holds_validation_z_motion_families_and_action_sizes(run):
     with np.load(artifacts.latents_path(run.params, "dila")) as f:
-        z, family, names = f["z"], f["family"], f["families"]
+        z, family, names, magnitude = f["z"], f["family"], f["families"], f["magnitude"]
     assert z.shape == (18, run.model.cfg.bottleneck.d_z) and names.tolist() == list(MOTIONS)
     motion = val_clips(run.params)["labels"]["motion"]  # one family per episode
     assert set(family.tolist()) == set(motion[:, 0].tolist())
+    _, val = runs.open_windows(run.params)
+    tiled = clips.stack(val, clips.pick(val, tile=True))
+    np.testing.assert_allclose(magnitude, np.linalg.norm(tiled["actions"][:, :-1], axis=-1).reshape(-1), rtol=1e-6)
+
+
+def test_future_leakage_is_computed_from_one_step_predictions(run):
+    got = run.metrics["future_leakage"]
+    e = torch.from_numpy(val_clips(run.params)["e"])                               # (N, 4, h, w, D)
+    now, other = np.arange(3), np.array([2, 3, 0])                                 # the shuffled future of t -> t+1
+
+    def one_step(future):
+        with torch.no_grad():
+            z = run.model.infer_actions(torch.stack([e[:, now], future], dim=2).flatten(0, 1))
+            return run.model.rollout(e[:, now].flatten(0, 1)[:, None], z, 1).e[:, 0]
+    truth = e[:, now + 1].flatten(0, 1)
+    assert got["true_z_mse"] == pytest.approx(float((one_step(e[:, now + 1]) - truth).square().mean()), rel=1e-5)
+    assert got["shuffled_z_mse"] == pytest.approx(float((one_step(e[:, other]) - truth).square().mean()), rel=1e-5)
+    assert got["ratio"] == pytest.approx(got["shuffled_z_mse"] / got["true_z_mse"]) and got["transitions"] == 6
+
+
+class _Copy(torch.nn.Module):
+    """z = the next frame itself (all the future through z) or, with ignore, z = nothing."""
+
+    def __init__(self, ignore):
+        super().__init__()
+        self.ignore = ignore
+        self.capabilities = SimpleNamespace(latent_actions=True)
+
+    def infer_actions(self, e):
+        return e[:, 1:].flatten(2)
+
+    def rollout(self, e_context, z, steps):
+        out = e_context[:, -1:] if self.ignore else z.reshape(e_context.shape)
+        return SimpleNamespace(e=out)
+
+
+def test_future_leakage_separates_a_model_that_reads_z_from_one_that_ignores_it():
+    e = np.random.default_rng(0).normal(size=(3, 5, 2, 2, 4)).astype(np.float32)
+    ctx = SimpleNamespace(clips={"e": e}, dev=torch.device("cpu"), require_latents=lambda what: None)
+    ctx.model = _Copy(ignore=False)
+    reads = manifold.future_leakage_section(ctx)
+    assert reads["true_z_mse"] == 0.0 and reads["shuffled_z_mse"] > 0.5 and reads["transitions"] == 12
+    ctx.model = _Copy(ignore=True)
+    ignores = manifold.future_leakage_section(ctx)
+    assert ignores["ratio"] == 1.0 and ignores["true_z_mse"] == pytest.approx(ignores["repeat_mse"])
 
 
 def test_latent_space_numbers_are_those_of_the_latents_file_and_the_model(run):

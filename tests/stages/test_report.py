@@ -15,9 +15,11 @@ def test_writes_the_table_and_plots(run):
     assert table == Path(run.params.paths.report) / "table.md"
     assert "\n| dila | " in text and "\n| repeat last frame | " in text and "random-init (seed 0)" in text
     m = json.loads((table.parent / "metrics.json").read_text())
-    assert m == {"repeat_mse": run.headline["repeat_mse"],
-                 "dila": {"rollout_mse": run.headline["rollout_mse"], "z_usage": run.headline["z_usage"]}}
-    assert sorted(p.name for p in (table.parent / "plots").iterdir()) == ["latent_pca.png", "rollout_error.png"]
+    assert m == {"repeat_mse": run.headline["repeat_mse"], "plan_random": None, "plan_simulator": None,
+                 "dila": {"rollout_mse": run.headline["rollout_mse"], "z_usage": run.headline["z_usage"],
+                          "plan_success": None}}  # the plan stages have not run here
+    assert "run `dila plan-baselines` first" in text and "run `dila plan dila` first" in text
+    assert sorted(p.name for p in (table.parent / "plots").iterdir()) == ["latents_dila.png", "rollout_error.png"]
 
 
 def test_a_variant_without_metrics_names_the_stage_to_run(run):

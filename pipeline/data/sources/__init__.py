@@ -25,6 +25,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "video_folder": ("pipeline.data.sources.video_folder", "VideoFolderParams", "VideoFolderSource"),
     "pusht_zarr": ("pipeline.data.sources.pusht", "PushTParams", "PushTSource"),
     "lerobot": ("pipeline.data.sources.lerobot", "LeRobotParams", "LeRobotSource"),
+    "gym_pusht": ("pipeline.data.sources.gym_pusht", "GymPushTParams", "GymPushTSource"),
 }
 
 

@@ -173,6 +173,12 @@ class Source(abc.ABC):
         {name: (N, T, ...)}: (N, T-1, a'), or None when the source has none."""
         return None if actions is None else actions[:, :-1]
 
+    def object_targets(self, targets: np.ndarray,
+                       labels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The probe targets (N, T-1, a) of clips with `labels` split per object: (targets (N, T-1,
+        K, a / K), present (N, T-1, K) bool), or None where the source has one undivided target."""
+        return None
+
     def translation_dims(self, n_dims: int) -> tuple[int, ...]:
         """Which of the `n_dims` probe-target dimensions are image-plane translations (empty: unknown)."""
         return ()
@@ -183,6 +189,12 @@ class Source(abc.ABC):
 
     def counterfactuals(self) -> Counterfactuals | None:
         """A renderer of what-if clips (another appearance under a clip's motion), or None."""
+        return None
+
+    def simulator_at(self, ref: EpisodeRef, frame: int):
+        """A simulator (`pipeline.planning.simulators.Simulator`) in the exact state of kept frame
+        `frame` of `ref`, one step per kept transition, or None where the source does not run one
+        (the synthetic renderer's is in `pipeline.planning.latent.simulator_at`)."""
         return None
 
 

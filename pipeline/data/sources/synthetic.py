@@ -348,6 +348,14 @@ class SyntheticSource(Source):
         change = np.diff(labels["pose"].astype(np.float64), axis=1)               # (N, T-1, K, 4)
         return change.reshape(*change.shape[:2], -1)
 
+    def object_targets(self, targets: np.ndarray,
+                       labels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each object's pose change (N, T-1, K, 4) and whether it exists (N, T-1, K); None for K = 1."""
+        present = labels["present"][:, :-1].astype(bool)                           # (N, T-1, K)
+        if present.shape[-1] < 2:
+            return None
+        return targets.reshape(*targets.shape[:2], present.shape[-1], 4), present
+
     def translation_dims(self, n_dims: int) -> tuple[int, ...]:
         return tuple(d for d in range(n_dims) if d % 4 in (0, 1))                  # (dx, dy) of every object
 
