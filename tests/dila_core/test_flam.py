@@ -9,6 +9,7 @@ from einops import rearrange
 from dila_core.flam import FLAM, FLAMConfig, preset
 from dila_core.world_model import FAMILIES, Capabilities, capabilities
 from pipeline.config import build, to_dict
+from tests.dila_core.helpers import clip, unzero
 
 # Axes: B batch, T frames, h x w grid, D token width, K slots, W slot width, d = d_z / K.
 
@@ -16,19 +17,6 @@ from pipeline.config import build, to_dict
 def tiny(slots: int = 4, bottleneck: str = "gaussian", seed: int = 0, **overrides) -> FLAM:
     torch.manual_seed(seed)
     return FLAM(preset("tiny", bottleneck=bottleneck, slots=slots, **overrides))
-
-
-def clip(model: FLAM, B: int = 2, T: int = 4, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, *model.cfg.grid, model.cfg.token_dim, generator=g)
-
-
-def unzero(model: FLAM) -> None:
-    """Move the zero-initialised parameters (FDM head, decoder output, LayerNorm biases) off zero."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if torch.all(p == 0):
-                p.normal_(std=0.05)
 
 
 def test_per_slot_shapes_masks_and_the_order_of_z():

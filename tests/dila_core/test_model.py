@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from dila_core.model import DiLA
 from dila_core.presets import preset
+from tests.dila_core.helpers import clip, unzero
 
 # Axes: B batch, T frames, h x w grid, D token width, d_s structure size, d_z latent action size.
 
@@ -14,19 +15,6 @@ COMBINATIONS = [("dila", "continuous"), ("dila", "gaussian"), ("dila", "nsvq"),
 def tiny(variant: str = "dila", bottleneck: str = "continuous", seed: int = 0, **overrides) -> DiLA:
     torch.manual_seed(seed)
     return DiLA(preset("tiny", variant=variant, bottleneck=bottleneck, **overrides))
-
-
-def clip(model: DiLA, B: int = 2, T: int = 4, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, *model.cfg.grid, model.cfg.token_dim, generator=g)
-
-
-def unzero(model: DiLA) -> None:
-    """Move the zero-initialised parameters (AdaLN-zero, FDM head) off zero."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if torch.all(p == 0):
-                p.normal_(std=0.05)
 
 
 @pytest.mark.parametrize(("variant", "bottleneck"), COMBINATIONS)
