@@ -25,10 +25,13 @@ names the file and the command that makes it.
     <paths.eval>/<variant>/{metrics.json, details.json, latents.npz}   evaluate
     <paths.plan>/<variant>.json                          plan: the world-model planner on the tasks
     <paths.plan>/baselines.json                          plan_baselines: random and simulator-as-model
-    <paths.report>/{metrics.json, table.md, plots/}      report
+    <paths.replicas>/<variant>.json                      replicas: headline numbers per training seed
+    <paths.replicas>/<variant>/seed<k>/{models,logs}/    ... each replica's runs, laid out as above
+    <paths.report>/{metrics.json, seeds.json, table.md, plots/}   report
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -192,6 +195,32 @@ def read_plan(params: Params, variant: str | None = None) -> dict[str, Any]:
         command = "dila plan-baselines" if variant is None else f"dila plan {variant}"
         raise MissingInput(f"{path}: no planning results; run `{command}` first")
     return json.loads(path.read_text())
+
+
+# -- replicas over training seeds -------------------------------------------------------------------
+
+def replica_params(params: Params, variant: str, seed: int) -> Params:
+    """params whose models and logs paths lead into the replica of `variant` trained from `seed`,
+    so the training and evaluation functions read and write that replica's files alone."""
+    root = Path(params.paths.replicas) / variant / f"seed{seed}"
+    paths = dataclasses.replace(params.paths, models=str(root / "models"), logs=str(root / "logs"))
+    return dataclasses.replace(params, paths=paths)
+
+
+def replicas_path(params: Params, variant: str) -> Path:
+    return Path(params.paths.replicas) / f"{variant}.json"
+
+
+def read_replicas(params: Params, variant: str) -> dict[str, Any]:
+    """What replicas wrote for `variant`, checked to cover replicas.seeds."""
+    path = replicas_path(params, variant)
+    if not path.is_file():
+        raise MissingInput(f"{path}: no replicas of variant {variant!r}; run `dila replicas {variant}` first")
+    found = json.loads(path.read_text())
+    if sorted(found["seeds"]) != sorted(str(s) for s in params.replicas.seeds):
+        raise MissingInput(f"{path}: holds seeds {sorted(found['seeds'])}, replicas.seeds are "
+                           f"{list(params.replicas.seeds)}; run `dila replicas {variant}` again")
+    return found
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> Path:

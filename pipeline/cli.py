@@ -97,6 +97,15 @@ def finetune(variant: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt
     out.print(f"finetune {variant}: wrote {path}")
 
 
+@app.command()
+def replicas(variant: str, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False):
+    """Train VARIANT again from each of replicas.seeds (both phases) and score each replica."""
+    from stages import replicas as stage
+
+    path = _guard(stage.run, _params(params, set_), variant, show_progress=not quiet)
+    out.print(f"replicas {variant}: wrote {path}")
+
+
 @app.command("pixel-decoder")
 def pixel_decoder(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False):
     """Train the pixel decoder (cached tokens -> frames) used for image grids and SSIM/LPIPS."""

@@ -34,6 +34,7 @@ class PathsParams:
     logs: str = "data/logs"
     eval: str = "data/eval"
     plan: str = "data/plan"
+    replicas: str = "data/replicas"
     report: str = "data/report"
 
 
@@ -284,6 +285,19 @@ class PlanParams:
         check(self.noise_std > 0, f"{where}.noise_std", self.noise_std, "a number > 0")
 
 
+@dataclass(frozen=True)
+class ReplicasParams:
+    """The comparison over training seeds (`replicas@<variant>`, the report's seeds table):
+    every variant trained again, both phases, from each of `seeds` (its initial weights and batch
+    order; the data, split and encoder stay those of the top-level `seed`, whose run is the
+    first replica). An empty list leaves the main run alone in the table (no spread)."""
+
+    seeds: tuple[int, ...] = (1, 2)
+
+    def validate(self, where: str) -> None:
+        check(len(set(self.seeds)) == len(self.seeds), f"{where}.seeds", list(self.seeds), "distinct seeds")
+
+
 DEFAULT_VARIANTS = MappingProxyType({
     "dila": VariantParams(),
     "no_content": VariantParams(variant="no_content"),
@@ -313,6 +327,7 @@ class Params:
     rollout: RolloutParams = RolloutParams()
     evaluate: EvaluateParams = EvaluateParams()
     plan: PlanParams = PlanParams()
+    replicas: ReplicasParams = ReplicasParams()
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:
@@ -333,6 +348,9 @@ class Params:
         for i, name in enumerate(self.evaluate.probe_datasets):
             check(name in self.datasets, f"evaluate.probe_datasets[{i}]", name, known)
         check(len(self.variants) > 0, "variants", {}, "at least one variant")
+        for i, seed in enumerate(self.replicas.seeds):
+            check(seed != self.seed, f"replicas.seeds[{i}]", seed,
+                  f"a seed other than `seed` ({self.seed}), whose run is the main one")
 
 
 def _build_datasets(raw: Any) -> Mapping[str, DatasetParams]:

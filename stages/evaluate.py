@@ -54,6 +54,7 @@ from pipeline.evaluation.clips import pick, stack
 from pipeline.evaluation.manifold import future_leakage_section, manifold_section
 from pipeline.evaluation.objects import objects_section
 from pipeline.evaluation.pixels import load_decoder
+from pipeline.evaluation.seeds import headline
 from pipeline.evaluation.sections import (
     Context,
     Latents,
@@ -113,19 +114,3 @@ def run(params: Params, variant: str) -> Path:
     path = artifacts.metrics_path(params, variant)
     path.write_text(json.dumps(headline(out, params.evaluate.probe_datasets), indent=1, allow_nan=False) + "\n")
     return path
-
-
-def headline(details: dict[str, Any], probe_datasets: tuple[str, ...]) -> dict[str, float | None]:
-    """The metrics file: the numbers to compare variants by, the same keys for every variant (null
-    where a number does not exist for it; details.json says why)."""
-    def get(key: str) -> float | None:
-        node: Any = details
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return node
-
-    keys = {"rollout_mse": "rollout.token_mse", "repeat_mse": "rollout.baseline.token_mse",
-            "z_usage": "rollout.z_usage", "readout": "teacher_forced.readout.ratio",
-            "tf_mse": "teacher_forced.clips_val_mse", **{f"r2_{name}": f"probe.{name}.r2" for name in probe_datasets}}
-    return {name: get(key) for name, key in keys.items()}
-

@@ -28,9 +28,8 @@ from zarr.codecs import BloscCodec
 
 from pipeline import artifacts
 from pipeline.config import to_dict
-from pipeline.data.store import open_store
 from pipeline.data.windows import denormalize
-from pipeline.evaluation.clips import pick, roll_out, stack
+from pipeline.evaluation.clips import rollout_clips
 from pipeline.evaluation.pixels import load_decoder, write_grids
 from pipeline.params import Params
 from pipeline.training.distributed import device
@@ -51,8 +50,8 @@ def run(params: Params, variant: str) -> Path:
     dev, r = device(), params.rollout
     length = r.context + r.horizon
     _, val = open_windows(params, length=length, what="rollout.context + rollout.horizon")
-    clips = stack(val, pick(val, tile=False, limit=r.episodes))
     model, phase, step, weights = load_final_model(params, variant, val, dev)
+    clips = rollout_clips(model, val, r.episodes, r.context, dev)
     mean, std = val.mean.numpy(), val.std.numpy()
     out = artifacts.rollout_dir(params, variant)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,14 +59,11 @@ def run(params: Params, variant: str) -> Path:
         old.unlink()
     group = zarr.open_group(artifacts.rollout_store(params, variant), mode="w", zarr_format=3)
     skip = params.train.frame_skip
-    frames = clips["frame"][:, None] + skip * np.arange(length, dtype=np.int64)    # (N, T)
-    tokens = open_store(val.path)["tokens"]
-    _array(group, "truth", np.stack([tokens.get_orthogonal_selection((f,)) for f in frames]))
+    _array(group, "truth", clips["truth"])                                         # (N, T, h, w, D)
     _array(group, "episodes", clips["episode"])
-    _array(group, "frames", frames)
-    predicted, pixels = None, "unavailable: no rollout"
-    if model.capabilities.latent_actions:
-        predicted = roll_out(model, clips["e"], r.context, dev)                      # (N, H, h, w, D)
+    _array(group, "frames", clips["frames"])                                       # (N, T)
+    predicted, pixels = clips["predicted"], "unavailable: no rollout"              # (N, H, h, w, D)
+    if predicted is not None:
         _array(group, "predicted", denormalize(predicted, mean, std).astype(np.float16))
         decode, reason = load_decoder(params, val.attrs.get("plan_sha256"), dev)
         pixels = f"unavailable: {reason}" if decode is None else \

@@ -30,6 +30,7 @@ def tiny_overrides(tmp: Path) -> list[str]:
         f"paths.logs={tmp}/logs",
         f"paths.eval={tmp}/eval",
         f"paths.plan={tmp}/plan",
+        f"paths.replicas={tmp}/replicas",
         f"paths.report={tmp}/report",
         "encoder.weights=random",
         "encoder.input_size=42",
@@ -58,7 +59,7 @@ TINY_STAGE_TWO = [
     "pixel_decoder.width=16", "pixel_decoder.steps=4", "pixel_decoder.batch_size=4",
     "pixel_decoder.checkpoint_every=2", "rollout.horizon=4", "rollout.episodes=2",
     "plan.goals=2", "plan.goal_offset=3", "plan.max_steps=3", "plan.adapter_steps=50", "plan.adapter_hidden=16",
-    "plan.samples=8", "plan.horizon=2", "plan.iterations=1",
+    "plan.samples=8", "plan.horizon=2", "plan.iterations=1", "replicas.seeds=[1]",
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.data.store import open_store
 from pipeline.data.windows import Windows
 
 BATCH = 8  # clips per forward pass in every evaluation loop
@@ -69,3 +70,18 @@ def roll_out(model: torch.nn.Module, e: np.ndarray, context: int, dev: torch.dev
         return model.rollout(clip[:, :context], z[:, context - 1:], horizon).e
 
     return batched(one, e, dev=dev)
+
+
+def rollout_clips(model: torch.nn.Module, windows: Windows, limit: int, context: int,
+                  dev: torch.device) -> dict[str, Any]:
+    """The rollout of the windows that start each of the first `limit` episodes: `stack`'s
+    arrays, plus frames (N, T) store frame of each step, truth (N, T, h, w, D) the store's own
+    float16 tokens, and predicted (N, T - context, h, w, D) normalized rollout (None for a model
+    without latent actions). The rollout stage stores these; replicas score them in memory."""
+    clips = stack(windows, pick(windows, tile=False, limit=limit))
+    clips["frames"] = clips["frame"][:, None] + windows.frame_skip * np.arange(windows.seq_len, dtype=np.int64)
+    tokens = open_store(windows.path)["tokens"]
+    clips["truth"] = np.stack([tokens.get_orthogonal_selection((f,)) for f in clips["frames"]])
+    latent = model.capabilities.latent_actions
+    clips["predicted"] = roll_out(model, clips["e"], context, dev) if latent else None
+    return clips

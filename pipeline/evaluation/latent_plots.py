@@ -12,6 +12,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 from pipeline.evaluation.metrics import pca_2d
@@ -37,7 +38,11 @@ def project_2d(z: np.ndarray, seed: int, method: str | None = None) -> tuple[np.
 
     reducer = umap.UMAP(n_components=2, n_neighbors=min(UMAP_NEIGHBOURS, len(z) - 1), random_state=seed,
                         n_jobs=1)  # a seed makes UMAP single-threaded anyway; say so explicitly
-    return np.asarray(reducer.fit_transform(np.asarray(z, np.float64)), np.float64), "UMAP"
+    threads = torch.get_num_threads()
+    try:
+        return np.asarray(reducer.fit_transform(np.asarray(z, np.float64)), np.float64), "UMAP"
+    finally:  # numba's OpenMP layer resets the OpenMP thread count it shares with torch: restore torch's
+        torch.set_num_threads(threads)
 
 
 def plot_variant(variant: str, latents: dict[str, np.ndarray], path: Path, seed: int,

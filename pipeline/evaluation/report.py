@@ -6,6 +6,8 @@ stages/evaluate.py) and, where present, its latents (z (M, d_z), family (M,), fa
 
     metrics.json              the DVC metrics of the whole run: repeat_mse, then per variant its
                               rollout_mse and z_usage (see `headline`)
+    seeds.json                the second DVC metrics file: per variant, mean / sd / n over training
+                              seeds of its headline numbers (pipeline/evaluation/seeds.py)
     table.md                  rows = variants + the "repeat last frame" baseline; then the
                               paper's numbers beside ours (pipeline/evaluation/paper.py)
     plots/rollout_error.png   token MSE and cosine vs horizon step, per variant, with the baseline
@@ -30,6 +32,7 @@ from matplotlib.ticker import MaxNLocator
 from pipeline.evaluation import report_planning as planning
 from pipeline.evaluation.latent_plots import plot_variant
 from pipeline.evaluation.paper import comparison, lookup
+from pipeline.evaluation.seeds import seeds_lines
 
 BASELINE = "repeat last frame"
 DASH = "—"
@@ -187,10 +190,10 @@ def _header(metrics: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def format_table(metrics: dict[str, dict[str, Any]], pusht: str | None = None,
-                 plans: dict[str, Any] | None = None) -> str:
+                 plans: dict[str, Any] | None = None, seeds: dict[str, Any] | None = None) -> str:
     """table.md for metrics {variant: details.json content} (in row order); `pusht` names the
     probed dataset set beside the paper's Push-T probe (none when None); `plans` adds the
-    planning table."""
+    planning table, `seeds` ({"table": seed_table(...), "missing": {variant: why}}) the seeds table."""
     if not metrics:
         raise ValueError("format_table: no variants to report")
     notes = Notes()
@@ -217,6 +220,8 @@ def format_table(metrics: dict[str, dict[str, Any]], pusht: str | None = None,
                   "of z alone, slots matched one-to-one to objects by the best assignment (factored models). "
                   "DCI: disentanglement of the codes' importance for the objects (1: each code serves one).", ""]
         lines += objects
+    if seeds is not None:
+        lines += ["", *seeds_lines(seeds["table"], seeds["missing"], notes.ref, number)]
     if plans is not None:
         lines += ["", *planning.table(plans, notes.ref, number)]
     against = comparison(metrics, pusht)
@@ -267,9 +272,10 @@ def headline(metrics: dict[str, dict[str, Any]], plans: dict[str, Any] | None = 
 
 def write_report(out_dir: Path, metrics: dict[str, dict[str, Any]],
                  latents: dict[str, dict[str, np.ndarray]], pusht: str | None = None, seed: int = 0,
-                 plans: dict[str, Any] | None = None) -> Path:
+                 plans: dict[str, Any] | None = None, seeds: dict[str, Any] | None = None) -> Path:
     """metrics.json, table.md and the plots under out_dir (latent maps seeded by `seed`; with `plans`
-    the planning table, see report_planning); returns table.md's path. Stale plots are removed."""
+    the planning table, see report_planning; with `seeds` the seeds table and seeds.json, see
+    replicas); returns table.md's path. Stale plots are removed."""
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     for old in plots.glob("*.png"):
@@ -278,6 +284,8 @@ def write_report(out_dir: Path, metrics: dict[str, dict[str, Any]],
     for variant, lat in latents.items():
         plot_variant(variant, lat, plots / f"latents_{variant}.png", seed)
     (out_dir / "metrics.json").write_text(json.dumps(headline(metrics, plans), indent=1, allow_nan=False) + "\n")
+    if seeds is not None:  # the second DVC metrics file: mean / sd / n over seeds per variant
+        (out_dir / "seeds.json").write_text(json.dumps(seeds["table"], indent=1, allow_nan=False) + "\n")
     table = out_dir / "table.md"
-    table.write_text(format_table(metrics, pusht, plans))
+    table.write_text(format_table(metrics, pusht, plans, seeds))
     return table

@@ -36,7 +36,8 @@ def table(plans: dict[str, Any], ref, fmt) -> list[str]:
         return [fmt(rate), norm, fmt(adapter) if explained and adapter is not None else "—"]
 
     goals = base.get("goals") or next((r.get("goals") for r in plans.get("variants", {}).values() if r.get("goals")), 0)
-    lines = [f"## Planning: success rate on {goals} held-out goals in {base.get('dataset', 'the')}'s simulator", "",
+    where = f"{base['dataset']}'s simulator" if base.get("dataset") else "the simulator"
+    lines = [f"## Planning: success rate on {goals} held-out goals in {where}", "",
              "MPPI over true actions toward a goal state taken from a held-out episode; the simulator alone "
              "judges success. World models plan through the action adapter (a → z); the simulator as the "
              "planner's model is the upper bound that normalises the score.", "",

@@ -102,8 +102,15 @@ def rollout_section(ctx: Context) -> dict[str, Any]:
                          f"{want}; run `dila rollout {ctx.variant}` again")
     if "predicted" not in group:
         raise Unavailable(attrs["predicted"])
-    truth = normalize(group["truth"][:], ctx.mean, ctx.std)                        # (N, C+H, h, w, D)
-    pred = normalize(group["predicted"][:], ctx.mean, ctx.std)                     # (N, H, h, w, D)
+    return rollout_scores(ctx, group["truth"][:], group["predicted"][:])
+
+
+def rollout_scores(ctx: Context, truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """The rollout section from store-scale float16 tokens (as the rollout stage stores them):
+    truth (N, C+H, h, w, D) and predicted (N, H, h, w, D)."""
+    p, r = ctx.params, ctx.params.rollout
+    truth = normalize(truth, ctx.mean, ctx.std)                                    # (N, C+H, h, w, D)
+    pred = normalize(predicted, ctx.mean, ctx.std)                                 # (N, H, h, w, D)
     future, base = truth[:, r.context:], M.repeat_last(truth[:, :r.context], r.horizon)
     out = {"episodes": len(truth), "context": r.context, "horizon": r.horizon, "frame_skip": p.train.frame_skip,
            **_mean_steps(M.token_mse_per_step(pred, future), "token_mse"),

@@ -29,7 +29,7 @@ from pipeline.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from pipeline.training.trainer import RunFiles, TrainSpec, clear_state, train
+from pipeline.training.trainer import RunFiles, TrainSpec, clear_state, seed_everything, train
 
 
 def check_variant(params: Params, variant: str) -> world_model.Family:
@@ -88,11 +88,77 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def spec_for(params: Params, objective: str, steps: int, checkpoint_every: int, optim: OptimParams) -> TrainSpec:
+def spec_for(params: Params, objective: str, steps: int, checkpoint_every: int, optim: OptimParams,
+             seed: int) -> TrainSpec:
     t = params.train
     return TrainSpec(objective=objective, steps=steps, batch_size=t.batch_size, optim=optim,
                      checkpoint_every=checkpoint_every, val_every=t.val_every, val_batches=t.val_batches,
-                     log_every=t.log_every, workers=t.workers, seed=params.seed)
+                     log_every=t.log_every, workers=t.workers, seed=seed)
+
+
+def phase1(params: Params, variant: str, seed: int, d: distributed.Dist, show_progress: bool, stage: str) -> Path:
+    """Phase 1 (teacher forcing) of `variant` from the initial weights and batch order of `seed`;
+    resumes after a kill. `stage` is the calling stage's module. Returns the final weights' path."""
+    check_variant(params, variant)
+    data = open_windows(params)
+    seed_everything(seed)  # the same initial weights on every rank
+    model = world_model.build_model(model_config(params, variant, data[0].grid, data[0].dim))
+    seed_everything(seed, d.rank)
+    t = params.train
+    spec = spec_for(params, "teacher_forcing", t.steps, t.checkpoint_every, t.optim, seed)
+    return fit(params, variant, "train", model, data, spec, {}, d, show_progress, stage)
+
+
+def phase2(params: Params, variant: str, seed: int, d: distributed.Dist, show_progress: bool, stage: str) -> Path:
+    """Phase 2 (the family's phase-2 objective) of `variant` from its phase-1 weights, batch order
+    from `seed`; resumes after a kill. Returns the final weights' path, or skipped.json's where
+    the family has no phase 2."""
+    check_variant(params, variant)
+    data = open_windows(params)
+    init = check_phase1(params, variant, data[0].attrs.get("plan_sha256"))
+    model, _ = load_checkpoint(init)
+    if not model.capabilities.phase2:
+        return skip_phase2(params, variant, init, d)
+    if to_dict(model.cfg) != to_dict(model_config(params, variant, data[0].grid, data[0].dim)):
+        raise artifacts.MissingInput(f"{init}: the phase-1 model's config differs from what params give now "
+                                     f"(model.preset {params.model.preset!r}, variants.{variant}); "
+                                     f"run `dila train {variant}` again")
+    seed_everything(seed, d.rank)
+    f = params.finetune
+    spec = spec_for(params, "phase2", f.steps, f.checkpoint_every, f.optim, seed)
+    extra = {"init": {"path": str(init), "sha256": file_sha256(init)}}
+    return fit(params, variant, "finetune", model, data, spec, extra, d, show_progress, stage)
+
+
+def check_phase1(params: Params, variant: str, store_plan: str | None) -> Path:
+    """Phase 1's final weights for `variant`, checked to exist and to come from the current store."""
+    weights = artifacts.final_weights(params, variant, "train")
+    record = artifacts.read_record(params, variant, "train")
+    if not weights.is_file():
+        raise artifacts.MissingInput(f"{weights}: no phase-1 weights for variant {variant!r}; "
+                                     f"run `dila train {variant}` first")
+    if record["store"]["plan_sha256"] != store_plan:
+        raise artifacts.MissingInput(f"{artifacts.final_record(params, variant, 'train')}: phase 1 was trained on "
+                                     f"another feature store than {params.train.dataset!r} holds now; "
+                                     f"run `dila train {variant}` again")
+    return weights
+
+
+def skip_phase2(params: Params, variant: str, init: Path, d: distributed.Dist) -> Path:
+    """Phase 2 of a variant it does not apply to: the record of why, and no weights."""
+    out = artifacts.skipped_record(params, variant)
+    why = (f"variant {variant!r} ({params.variant(variant).family}/{params.variant(variant).variant}) has no "
+           "phase-2 objective (no latent actions to roll out); phase 1's weights are its final model")
+    if d.is_main:
+        record = {"variant": variant, "skipped": why, "final_weights": {"path": str(init), "sha256": file_sha256(init)}}
+        live = artifacts.log_dir(params, variant, "finetune")
+        (live / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
+        (live / "metrics.json").write_text("{}\n")  # DVCLive's summary: nothing was logged
+        write_summary(params, variant, "finetune", None, {})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    distributed.barrier(d)
+    return out
 
 
 def fit(params: Params, variant: str, phase: str, model: nn.Module, data: tuple[Windows, Windows],

@@ -1,9 +1,13 @@
 """The latent-manifold maps: which projection, what it preserves, and that the plot says which."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from pipeline.evaluation import latent_plots
 from pipeline.evaluation.metrics import pca_2d
+from tests.stages.helpers import cli_env
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -50,3 +54,17 @@ def test_plot_has_both_panels_and_falls_back_to_the_size_of_z(tmp_path):
            "magnitude": np.full(len(z), np.nan, np.float32)}
     label = latent_plots.plot_variant("dila", lat, tmp_path / "p.png", seed=0, method="pca")
     assert label.startswith("PCA") and (tmp_path / "p.png").read_bytes()[:8] == PNG
+
+
+def test_umap_leaves_torch_threads_alone():
+    """numba's OpenMP layer resets, when it first starts, the OpenMP thread count torch shares; a
+    later encoder pass would then sum in another order (stores would not be byte-identical within
+    one process). A fresh process, as only the first UMAP fit in a process shows it."""
+    pytest.importorskip("umap")
+    code = ("import numpy as np, torch; from pipeline.evaluation import latent_plots; torch.set_num_threads(1); "
+            "assert torch.get_num_threads() == 1; "  # torch's OpenMP state touched first, as after an encoder pass
+            "latent_plots.project_2d(np.random.default_rng(0).normal(size=(60, 8)), seed=0); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"

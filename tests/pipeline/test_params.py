@@ -139,7 +139,8 @@ def test_stage_two_sections_default_and_validate():
                                                 "evaluate.probe_datasets[1]"),
      ("train.seq_len=1", "train.seq_len"),
      ("train.optim.lr=0", "train.optim.lr"), ("train.val_fraction=1.0", "train.val_fraction"),
-     ("model.preset=huge", "model.preset"), ("rollout.horizon=0", "rollout.horizon")],
+     ("model.preset=huge", "model.preset"), ("rollout.horizon=0", "rollout.horizon"),
+     ("replicas.seeds=[1, 1]", "replicas.seeds"), ("replicas.seeds=[3, 0]", "replicas.seeds[1]")],
 )
 def test_stage_two_errors_name_the_key(override, key):
     with pytest.raises(ParamsError, match=key.replace("[", r"\[").replace("]", r"\]")):

@@ -1,0 +1,47 @@
+"""A replica (a variant trained again from another seed) scored in memory, exactly as the
+rollout and evaluate stages score the main run: the rollout, teacher-forced and probe sections
+on the same held-out clips, the rollout rounded to float16 as the rollout stage stores it, so the
+replica of the main seed reproduces the main run's headline numbers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.data.windows import denormalize
+from pipeline.evaluation.clips import pick, rollout_clips, stack
+from pipeline.evaluation.sections import Context, Latents, probe_section, rollout_scores, section, \
+    teacher_forced_section
+from pipeline.evaluation.seeds import headline
+from pipeline.params import Params
+from pipeline.training.distributed import device
+from pipeline.training.runs import load_final_model, open_windows
+
+NOT_DECODED = "replicas are scored on tokens only (no pixel decoder)"
+
+
+def replica_headline(params: Params, variant: str) -> tuple[dict[str, float | None], dict[str, str]]:
+    """(headline numbers, unavailable reasons) of `variant`'s final model under `params` (a
+    replica's paths), from the same clips and with the same seed as the rollout and evaluate stages."""
+    torch.manual_seed(params.seed)
+    dev, r = device(), params.rollout
+    _, val = open_windows(params)
+    _, long = open_windows(params, length=r.context + r.horizon, what="rollout.context + rollout.horizon")
+    model, *_ = load_final_model(params, variant, val, dev)
+    mean, std = val.mean.numpy(), val.std.numpy()
+    clips = stack(val, pick(val, tile=False, limit=r.episodes))                   # as evaluate picks them
+    ctx = Context(params, variant, model, dev, mean, std, clips, None, NOT_DECODED, {})
+    out: dict[str, Any] = {"probe": {}}
+    rolled = rollout_clips(model, long, r.episodes, r.context, dev)
+    if rolled["predicted"] is None:
+        ctx.unavailable["rollout"] = f"variant {variant!r} has no latent actions to roll out"
+    else:
+        stored = denormalize(rolled["predicted"], mean, std).astype(np.float16)  # as the rollout stage stores it
+        out["rollout"] = rollout_scores(ctx, rolled["truth"], stored)
+    section(out, "teacher_forced", lambda: teacher_forced_section(ctx), ctx.unavailable)
+    cache: dict[str, Latents] = {}
+    for name in params.evaluate.probe_datasets:
+        section(out["probe"], name, lambda: probe_section(ctx, name, cache), ctx.unavailable, f"probe.{name}")
+    return headline(out, params.evaluate.probe_datasets), dict(sorted(ctx.unavailable.items()))

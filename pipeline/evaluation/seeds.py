@@ -1,0 +1,73 @@
+"""The headline numbers of a variant, and their mean and spread over training seeds.
+
+`headline` is the one definition of a variant's headline numbers (the evaluate stage's
+metrics.json keys, and what `replicas@` records per seed); `seed_table` gathers the main run
+(seed `seed`) and the replicas into mean / sd / n per variant, the report's seeds table
+(`seeds_lines`) and its second DVC metrics file (seeds.json).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.evaluation.paper import lookup
+
+
+def headline(details: dict[str, Any], probe_datasets: tuple[str, ...]) -> dict[str, float | None]:
+    """A variant's headline numbers from its evaluation details: the same keys for every variant
+    (null where a number does not exist for it; the details say why)."""
+    keys = {"rollout_mse": "rollout.token_mse", "repeat_mse": "rollout.baseline.token_mse",
+            "z_usage": "rollout.z_usage", "readout": "teacher_forced.readout.ratio",
+            "tf_mse": "teacher_forced.clips_val_mse", **{f"r2_{name}": f"probe.{name}.r2" for name in probe_datasets}}
+    return {name: lookup(details, key) for name, key in keys.items()}
+
+
+def _ratio(h: dict[str, float | None]) -> float | None:
+    a, b = h.get("rollout_mse"), h.get("repeat_mse")
+    return a / b if a is not None and b else None
+
+
+def spread(values: list[float | None]) -> dict[str, float | int | None]:
+    """mean, sample sd (null below 2 values) and n of the non-null values."""
+    x = np.array([v for v in values if v is not None], np.float64)
+    return {"mean": float(x.mean()) if len(x) else None, "sd": float(x.std(ddof=1)) if len(x) > 1 else None,
+            "n": int(len(x))}
+
+
+def seed_table(runs: dict[str, dict[int, dict[str, float | None]]]) -> dict[str, Any]:
+    """{variant: {seed: headline}} -> {variant: {"seeds": [...], metric: {mean, sd, n}}} over the
+    headline numbers plus rollout_ratio = rollout_mse / repeat_mse (below 1 beats repeating the
+    last frame)."""
+    out: dict[str, Any] = {}
+    for variant, by_seed in runs.items():
+        rows = [{**h, "rollout_ratio": _ratio(h)} for h in by_seed.values()]
+        keys = [k for k in rows[0] if k != "repeat_mse"] if rows else []
+        out[variant] = {"seeds": sorted(by_seed), **{k: spread([row.get(k) for row in rows]) for k in keys}}
+    return out
+
+
+COLUMNS = (("rollout / repeat", "rollout_ratio"), ("z used", "z_usage"), ("read-out", "readout"),
+           ("teacher-forced MSE", "tf_mse"))
+
+
+def seeds_lines(table: dict[str, Any], missing: dict[str, str], ref, fmt) -> list[str]:
+    """Markdown lines of the report's seeds table from `seed_table`'s output; `missing` holds the
+    reason a variant's replicas are absent, `ref(reason)` makes a note, `fmt(number)` a cell."""
+    probes = sorted({k for row in table.values() for k in row if k.startswith("r2_")})
+    cols = [*COLUMNS, *((f"R² {k[3:]}", k) for k in probes)]
+    lines = ["## Over training seeds (mean ± sd; data, split and encoder fixed)", "",
+             "Each variant trained again from each of replicas.seeds, scored as the evaluate stage scores "
+             "the main run (whose seed is the first). rollout / repeat below 1 beats repeating the last "
+             "frame; z used and read-out as in the ablation table.", "",
+             "| variant | seeds | " + " | ".join(h for h, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
+
+    def cell(s: dict[str, Any]) -> str:
+        if s["mean"] is None:
+            return "—"
+        return fmt(s["mean"]) + ("" if s["sd"] is None else f" ± {fmt(s['sd'])}")
+
+    for variant, row in table.items():
+        seeds = ", ".join(map(str, row["seeds"])) + (f"; replicas {ref(missing[variant])}" if variant in missing else "")
+        lines.append(f"| {variant} | {seeds} | " + " | ".join(cell(row[k]) for _, k in cols) + " |")
+    return lines
