@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -104,6 +105,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device bf16 dense peak, for MFU (CUDA)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="append each result row as a JSON line (device included), e.g. "
+                        "benchmarks/results/model_cuda.jsonl, which `dila dry-run` reads")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -131,6 +135,11 @@ def main() -> None:
           f"{torch.get_num_threads()} threads), dtype {args.dtype}, median of {args.steps} steps "
           f"after {args.warmup} warm-up")
     print(table(rows, args.peak_tflops if args.device == "cuda" else None))
+    if args.out is not None:
+        with args.out.open("a") as f:
+            for row in rows:
+                f.write(json.dumps({**row, "device": args.device, "dtype": args.dtype, "torch": torch.__version__,
+                                    "date": time.strftime("%Y-%m-%d")}) + "\n")
 
 
 if __name__ == "__main__":

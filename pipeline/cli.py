@@ -5,6 +5,7 @@ Every command reads params.yaml (or --params FILE) and accepts repeated
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -158,6 +159,20 @@ def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
 
     path = _guard(stage.run, _params(params, set_))
     out.print(f"report: wrote {path}")
+
+
+@app.command("dry-run")
+def dry_run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+            json_out: Path = typer.Option(None, "--json", help="also write the numbers to this JSON file")):
+    """What the params file's run will cost: stores and their size on disk, extraction and training
+    compute and GPU time, GPU memory per rank. Decodes, encodes and trains nothing; needs no GPU."""
+    from pipeline import dry_run as plan
+
+    p = _params(params, set_)
+    numbers = _guard(plan.dry_run, p)
+    typer.echo(plan.format_dry_run(numbers, p), nl=False)  # plain text: Markdown tables, unwrapped
+    if json_out is not None:
+        json_out.write_text(json.dumps(numbers, indent=1) + "\n")
 
 
 @app.command()

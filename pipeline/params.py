@@ -160,11 +160,17 @@ class TrainParams:
     """Phase 1, teacher forcing, on windows of `seq_len` kept frames `frame_skip` apart.
 
     dataset: a key of `datasets:` whose feature store the models train on.
+    mixture: {dataset: ratio}; non-empty, training windows come from these stores at these ratios
+        (train.dataset among them; it stays the one rollouts, evaluation and planning use), see
+        `pipeline.data.mixture`. mixture_stats: "shared" (one ratio-weighted set of token
+        statistics for every store, as the reference normalises) or "own" (each store's own).
     val_fraction: share of episodes held out (split by episode, seeded) for validation,
         rollouts and probes. batch_size is global (split over torchrun ranks).
     """
 
     dataset: str = "synthetic"
+    mixture: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    mixture_stats: Literal["shared", "own"] = "shared"
     seq_len: int = 8
     frame_skip: int = 1
     batch_size: int = 8
@@ -184,6 +190,10 @@ class TrainParams:
                   "an integer >= 2" if name == "seq_len" else "an integer >= 1")
         check(0 < self.val_fraction < 1, f"{where}.val_fraction", self.val_fraction, "a number in (0, 1)")
         check(self.workers >= 0, f"{where}.workers", self.workers, "an integer >= 0")
+        for name, ratio in self.mixture.items():
+            check(ratio > 0, f"{where}.mixture.{name}", ratio, "a ratio > 0")
+        check(not self.mixture or self.dataset in self.mixture, f"{where}.mixture", dict(self.mixture),
+              f"a mapping that includes train.dataset ({self.dataset!r}), the store evaluation uses")
 
 
 @dataclass(frozen=True)
@@ -292,10 +302,31 @@ class ReplicasParams:
     order; the data, split and encoder stay those of the top-level `seed`, whose run is the
     first replica). An empty list leaves the main run alone in the table (no spread)."""
 
-    seeds: tuple[int, ...] = (1, 2)
+    seeds: tuple[int, ...] = ()
 
     def validate(self, where: str) -> None:
         check(len(set(self.seeds)) == len(self.seeds), f"{where}.seeds", list(self.seeds), "distinct seeds")
+
+
+@dataclass(frozen=True)
+class BudgetParams:
+    """What `dila dry-run` needs beyond the other params: frames: {dataset: expected kept frames}
+    for datasets it cannot count here (the data absent, or countable only by decoding);
+    store_bytes: the measured stored/raw bytes per frame (benchmarks/extract.py); measured: GPU
+    steps recorded by `benchmarks/model.py --out`; gpu_peak_tflops: the GPU's dense bf16 peak (the
+    H200's datasheet value), for lower bounds; gpus: GPUs (ranks) the run is spread over."""
+
+    frames: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    store_bytes: str = "benchmarks/results/store_bytes.json"
+    measured: str = "benchmarks/results/model_cuda.jsonl"
+    gpu_peak_tflops: float = 989.0
+    gpus: int = 1
+
+    def validate(self, where: str) -> None:
+        for name, n in self.frames.items():
+            check(n >= 1, f"{where}.frames.{name}", n, "an integer >= 1")
+        check(self.gpu_peak_tflops > 0, f"{where}.gpu_peak_tflops", self.gpu_peak_tflops, "a number > 0")
+        check(self.gpus >= 1, f"{where}.gpus", self.gpus, "an integer >= 1")
 
 
 DEFAULT_VARIANTS = MappingProxyType({
@@ -328,6 +359,7 @@ class Params:
     evaluate: EvaluateParams = EvaluateParams()
     plan: PlanParams = PlanParams()
     replicas: ReplicasParams = ReplicasParams()
+    budget: BudgetParams = BudgetParams()
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:
@@ -345,6 +377,10 @@ class Params:
         """Keys that name other entries must name existing ones."""
         known = "one of the datasets: " + ", ".join(sorted(self.datasets))
         check(self.train.dataset in self.datasets, "train.dataset", self.train.dataset, known)
+        for name in self.train.mixture:
+            check(name in self.datasets, f"train.mixture.{name}", name, known)
+        for name in self.budget.frames:
+            check(name in self.datasets, f"budget.frames.{name}", name, known)
         for i, name in enumerate(self.evaluate.probe_datasets):
             check(name in self.datasets, f"evaluate.probe_datasets[{i}]", name, known)
         check(len(self.variants) > 0, "variants", {}, "at least one variant")

@@ -48,6 +48,7 @@ from pipeline.provenance import code_hash
 from pipeline.training.checkpoint import save_checkpoint
 from pipeline.training.distributed import Dist
 from pipeline.training.distributed import device as pick_device
+from pipeline.training.runs import token_stats
 from pipeline.training.trainer import RunFiles, Trainer, TrainSpec, clear_state
 
 TOKEN_MEMORY = 2 * 2**30   # a store's tokens up to this many bytes are read into memory once
@@ -136,7 +137,7 @@ def load_pairs(params: Params, name: str, show: bool = False) -> tuple[Pairs, np
     _check_store(params, name, attrs, ends, manifest)
     store.require_intact(artifacts.store_path(params, name))  # a damaged shard: a clear error now, not a failed read later
     frames = read_frames(params, name, manifest, attrs, params.pixel_decoder.size, show)
-    stats = [torch.from_numpy(root[f"stats/{s}"][:].astype(np.float32)) for s in ("mean", "std")]
+    stats = token_stats(params, name)  # as the world models see them (a mixture's shared stats, if any)
     return Pairs(TokenRows(root["tokens"]), frames, *stats), ends, attrs
 
 

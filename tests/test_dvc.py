@@ -3,6 +3,7 @@ and a local-directory remote round-trips one dataset's features into a fresh clo
 from __future__ import annotations
 
 import filecmp
+import json
 import re
 import shutil
 import subprocess
@@ -131,12 +132,13 @@ def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
     out = sh("dvc", "repro", cwd=repo)
     stages = ["prepare@synthetic", "extract@synthetic", "pixel_decoder", "train@dila", "finetune@gaussian_z",
               "rollout@discrete_z", "evaluate@no_content", "finetune@no_action", "evaluate@no_action", "train@flam",
-              "plan@dila", "plan@no_action", "plan_baselines", "report"]
+              "plan@dila", "plan@no_action", "plan_baselines", "replicas@dila", "replicas@no_action", "report"]
     for stage in stages + (["prepare@pusht", "extract@pusht"] if pusht else []):
         assert f"Running stage '{stage}'" in out, stage
     table = (repo / "data/report/table.md").read_text()
     assert "random-init (seed 0)" in table and "| dila |" in table and "| repeat last frame |" in table
     assert "| no_action |" in table and "## Against the paper" in table and "## Planning" in table
+    assert "\n| dila | 0, 1 | " in table  # the main run and replica seed 1 (TINY_STAGE_TWO)
     assert "| simulator as model (upper bound) |" in table and "| flam |" in table
     if pusht:
         assert "probe pusht R²" in table and "| DiLA | 0.009 |" in table
@@ -198,7 +200,7 @@ def test_readme_offline_main_job_on_default_params(tmp_path):
     sh(*GIT, "config", "user.name", "dila-test", cwd=repo)
     sh(*GIT, "config", "user.email", "test@dila.invalid", cwd=repo)
     # The whole default job, alone on the machine: both cores, and room for a slow CI machine.
-    sh("dvc", "exp", "run", "-S", "encoder.weights=random", cwd=repo, timeout=3600, threads=2)
+    sh("dvc", "exp", "run", "-S", "encoder.weights=random", cwd=repo, timeout=4800, threads=2)
     out = sh("dila", "info", "data/features/synthetic.zarr", cwd=repo)
     assert "random-init (seed 0)" in out and "(2048, 8, 8, 384)" in out
     sh("dila", "verify", "data/features/synthetic.zarr", cwd=repo)
@@ -206,4 +208,6 @@ def test_readme_offline_main_job_on_default_params(tmp_path):
     for variant in ("dila", "no_content", "discrete_z", "gaussian_z", "sparse_z", "no_z", "flam"):
         assert f"| {variant} |" in table
     assert "random-init" in table and "probe pusht R²" in table and "## Objects" in table
-    assert "| simulator as model (upper bound) |" in table
+    assert "| simulator as model (upper bound) |" in table and "## Over training seeds" in table
+    seeds = json.loads((repo / "data/report/seeds.json").read_text())
+    assert seeds["dila"]["seeds"] == [0] and seeds["dila"]["z_usage"]["n"] == 1  # replicas.seeds: [] by default

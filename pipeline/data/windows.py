@@ -108,6 +108,10 @@ class Windows(Dataset):
     def close(self) -> None:
         self._tokens = None
 
+    def step_batches(self, batch_size: int, seed: int, start: int, stop: int, rank: int, world: int):
+        """The training order over these windows (`StepBatches`); a `Mixture` has its own."""
+        return StepBatches(len(self), batch_size, seed, start, stop, rank, world)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self._tokens is None:
             self._tokens = store.open_store(self.path)["tokens"]

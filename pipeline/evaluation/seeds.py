@@ -68,6 +68,8 @@ def seeds_lines(table: dict[str, Any], missing: dict[str, str], ref, fmt) -> lis
         return fmt(s["mean"]) + ("" if s["sd"] is None else f" ± {fmt(s['sd'])}")
 
     for variant, row in table.items():
-        seeds = ", ".join(map(str, row["seeds"])) + (f"; replicas {ref(missing[variant])}" if variant in missing else "")
+        seeds = ", ".join(map(str, row["seeds"]))
+        if variant in missing:
+            seeds += f"; replicas {ref(missing[variant])}"
         lines.append(f"| {variant} | {seeds} | " + " | ".join(cell(row[k]) for _, k in cols) + " |")
     return lines

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import artifacts
 from pipeline.data.sources import Source, build_source
-from pipeline.data.windows import Windows, split_windows
+from pipeline.data.windows import Windows
+from pipeline.training.runs import open_windows
 from pipeline.params import Params, PlanParams
 from pipeline.planning.benchmark import (
     PlanningConfig,
@@ -42,8 +42,7 @@ def setup(params: Params) -> tuple[Source, list[HeldOutTask], tuple[Windows, Win
     """train.dataset's source, the held-out tasks (validation episodes, in store order) and the
     (train, val) windows of 2 frames, split as every stage-two stage splits them."""
     t = params.train
-    data = split_windows(artifacts.store_path(params, t.dataset), t.val_fraction, params.seed, 2, t.frame_skip,
-                         "plan (2-frame windows)")
+    data = open_windows(params, t.dataset, 2, "plan (2-frame windows)")  # normalised as the models see tokens
     source = build_source(params.dataset(t.dataset))
     keys = data[1].attrs["episodes"]
     tasks = held_out_tasks(source, [keys[i] for i in data[1].episodes], params.plan)

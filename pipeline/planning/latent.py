@@ -113,6 +113,9 @@ def held_out_tasks(source: Source, keys: list[str], cfg: PlanParams) -> list[Hel
     """One task per episode key (the first `cfg.goals` that are long enough): start at kept
     frame cfg.start, goal = the state cfg.goal_offset kept frames later."""
     refs = {r.key: r for r in source.refs()}
+    if keys and simulator_at(source, refs[keys[0]], 0) is None:  # before any length check: the first reason
+        raise NoPlanning(f"the {source.params.kind!r} source has no simulator to plan in "
+                         f"(kinds with one: synthetic, gym_pusht)")
     out = []
     for key in keys:
         ref: EpisodeRef = refs[key]
@@ -120,9 +123,6 @@ def held_out_tasks(source: Source, keys: list[str], cfg: PlanParams) -> list[Hel
         if source.count(ref) <= goal_at:
             continue
         start, goal = simulator_at(source, ref, cfg.start), simulator_at(source, ref, goal_at)
-        if start is None:
-            raise NoPlanning(f"the {source.params.kind!r} source has no simulator to plan in "
-                             f"(kinds with one: synthetic, gym_pusht)")
         out.append(HeldOutTask(ref, Task(start.state(), goal.state()), goal.frame()))
         if len(out) == cfg.goals:
             break

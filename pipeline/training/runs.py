@@ -20,6 +20,7 @@ from dila_core.bottleneck import BOTTLENECKS
 from dila_core.world_model import PREDICTION_LOSS
 from pipeline import artifacts
 from pipeline.config import ParamsError, to_dict
+from pipeline.data.mixture import Mixture, pooled_stats, store_stats
 from pipeline.data.windows import Windows, split_windows
 from pipeline.params import OptimParams, Params
 from pipeline.provenance import code_hash, code_version
@@ -78,10 +79,37 @@ def open_windows(params: Params, name: str | None = None, length: int | None = N
                  what: str = "train.seq_len") -> tuple[Windows, Windows]:
     """(train, val) windows of dataset `name`'s store (default train.dataset) of `length` frames
     (default train.seq_len; `what` names the setting in errors), `train.frame_skip` apart, split
-    by episode as every stage-two stage splits them."""
+    by episode as every stage-two stage splits them; normalised as the models were trained (with
+    the mixture's shared statistics where train.mixture and mixture_stats say so)."""
     t = params.train
-    return split_windows(artifacts.store_path(params, name or t.dataset), t.val_fraction, params.seed,
+    pair = split_windows(artifacts.store_path(params, name or t.dataset), t.val_fraction, params.seed,
                          length or t.seq_len, t.frame_skip, what)
+    if t.mixture and t.mixture_stats == "shared":
+        stats = token_stats(params, name or t.dataset)
+        for w in pair:
+            w.mean, w.std = stats  # every store in the one space the models were trained in
+    return pair
+
+
+def token_stats(params: Params, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (D,), std (D,)) that normalise dataset `name`'s tokens for the models: the store's own,
+    or the mixture's shared ones where train.mixture and train.mixture_stats = shared say so."""
+    t = params.train
+    if t.mixture and t.mixture_stats == "shared":
+        return pooled_stats([store_stats(artifacts.store_path(params, n)) for n in t.mixture], list(t.mixture.values()))
+    return store_stats(artifacts.store_path(params, name))
+
+
+def open_training(params: Params) -> tuple[Windows | Mixture, Windows | Mixture]:
+    """(train, val) sets phases 1 and 2 train and validate on: train.dataset's windows, or with
+    train.mixture one `Mixture` per side over every store it names (train.dataset first)."""
+    t = params.train
+    if not t.mixture:
+        return open_windows(params)
+    names = [t.dataset, *(n for n in t.mixture if n != t.dataset)]
+    pairs = {n: open_windows(params, n) for n in names}
+    return (Mixture({n: p[0] for n, p in pairs.items()}, t.mixture),
+            Mixture({n: p[1] for n, p in pairs.items()}, t.mixture))
 
 
 def file_sha256(path: Path) -> str:
@@ -100,7 +128,7 @@ def phase1(params: Params, variant: str, seed: int, d: distributed.Dist, show_pr
     """Phase 1 (teacher forcing) of `variant` from the initial weights and batch order of `seed`;
     resumes after a kill. `stage` is the calling stage's module. Returns the final weights' path."""
     check_variant(params, variant)
-    data = open_windows(params)
+    data = open_training(params)
     seed_everything(seed)  # the same initial weights on every rank
     model = world_model.build_model(model_config(params, variant, data[0].grid, data[0].dim))
     seed_everything(seed, d.rank)
@@ -114,7 +142,7 @@ def phase2(params: Params, variant: str, seed: int, d: distributed.Dist, show_pr
     from `seed`; resumes after a kill. Returns the final weights' path, or skipped.json's where
     the family has no phase 2."""
     check_variant(params, variant)
-    data = open_windows(params)
+    data = open_training(params)
     init = check_phase1(params, variant, data[0].attrs.get("plan_sha256"))
     model, _ = load_checkpoint(init)
     if not model.capabilities.phase2:
@@ -172,8 +200,11 @@ def fit(params: Params, variant: str, phase: str, model: nn.Module, data: tuple[
     plan = {"phase": phase, "variant": variant, "config": to_dict(model.cfg), "store": store,
             "windows": {"seq_len": train_set.seq_len, "frame_skip": train_set.frame_skip,
                         "val_fraction": params.train.val_fraction, "seed": params.seed},
+            **({"mixture": {"stats": params.train.mixture_stats, "stores": train_set.describe()}}
+               if isinstance(train_set, Mixture) else {}),
             "code_sha256": code_hash(stage), **extra}
-    files = RunFiles(state=artifacts.resume_state(params, variant, phase), live=artifacts.log_dir(params, variant, phase))
+    files = RunFiles(state=artifacts.resume_state(params, variant, phase),
+                     live=artifacts.log_dir(params, variant, phase))
     val = train(model, spec, train_set, val_set, files, plan, d, show_progress=show_progress)
     out = artifacts.final_weights(params, variant, phase)
     if d.is_main:

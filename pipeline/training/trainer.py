@@ -44,7 +44,6 @@ from dila_core.world_model import PREDICTION_LOSS
 from pipeline import safefile
 from pipeline.data.windows import (
     FixedBatches,
-    StepBatches,
     Windows,
     fixed_windows,
     loader,
@@ -364,7 +363,7 @@ def train(model: nn.Module, spec: TrainSpec, train_set: Windows, val_set: Window
     if d.is_main and show_progress:
         print(f"train: {spec.objective}, steps {run.start}..{spec.steps}" + (" (resumed)" if run.start else ""),
               flush=True)
-    order = StepBatches(len(train_set), spec.batch_size, spec.seed, run.start, spec.steps, d.rank, d.world)
+    order = train_set.step_batches(spec.batch_size, spec.seed, run.start, spec.steps, d.rank, d.world)
     batches = iter(loader(train_set, order, spec.workers, d.device))
     val: dict[str, float] = {}
     for step in range(run.start + 1, spec.steps + 1):

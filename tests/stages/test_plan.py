@@ -3,13 +3,14 @@ pairs, the world-model cost against a hand computation, determinism, and the rea
 where planning is impossible."""
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline import artifacts
-from pipeline.data.sources import build_source
+from pipeline.data.sources import EpisodeRef, Source, build_source
 from pipeline.params import PlanParams
 from pipeline.planning import latent
 from pipeline.planning.benchmark import Observation
@@ -113,3 +114,19 @@ def test_tasks_start_and_end_on_the_episodes_own_states(run):
     np.testing.assert_array_equal(tasks[0].goal_frame, source.load(tasks[0].ref, 4, 5).frames[0])
     with pytest.raises(latent.NoPlanning, match="no held-out episode has the 21 kept frames"):
         latent.held_out_tasks(source, keys, dataclasses.replace(TINY_PLAN, goal_offset=19))
+
+
+def test_a_source_without_a_simulator_says_so_before_any_length_check():
+    class Clips(Source):  # a dataset of short clips and no simulator (e.g. SSv2)
+        params = SimpleNamespace(kind="ssv2")
+
+        def refs(self):
+            return [EpisodeRef(key="a", origin="a.webm")]
+
+        def count(self, ref):
+            return 3
+
+        schema = load = fingerprint = None
+
+    with pytest.raises(latent.NoPlanning, match="'ssv2' source has no simulator"):
+        latent.held_out_tasks(Clips(), ["a"], dataclasses.replace(TINY_PLAN, goal_offset=19))

@@ -35,7 +35,8 @@ def main(tmp_path_factory):
     rollout.run(params, "dila")
     headline = json.loads(evaluate.run(params, "dila").read_text())
     path = replicas.run(params, "dila", show_progress=False)
-    return dataclasses.make_dataclass("Main", ["params", "headline", "file"])(params, headline, json.loads(path.read_text()))
+    main = dataclasses.make_dataclass("Main", ["params", "headline", "file"])
+    return main(params, headline, json.loads(path.read_text()))
 
 
 def test_the_replica_of_the_main_seed_reproduces_the_main_run(main):

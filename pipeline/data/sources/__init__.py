@@ -26,6 +26,8 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "pusht_zarr": ("pipeline.data.sources.pusht", "PushTParams", "PushTSource"),
     "lerobot": ("pipeline.data.sources.lerobot", "LeRobotParams", "LeRobotSource"),
     "gym_pusht": ("pipeline.data.sources.gym_pusht", "GymPushTParams", "GymPushTSource"),
+    "ssv2": ("pipeline.data.sources.ssv2", "SSv2Params", "SSv2Source"),
+    "recon_hdf5": ("pipeline.data.sources.recon", "ReconParams", "ReconSource"),
 }
 
 
