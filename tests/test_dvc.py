@@ -129,7 +129,7 @@ def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
                                  "episodes: 6, frames: 10, size: 32}}"]
     repo = make_repo(tmp_path, f"evaluate.probe_datasets={probe}", *datasets,
                      "variants.no_action={variant: no_latent_action, bottleneck: continuous}")
-    out = sh("dvc", "repro", cwd=repo)
+    out = sh("dvc", "repro", cwd=repo, timeout=1800)  # about 10 min alone on 2 cores
     stages = ["prepare@synthetic", "extract@synthetic", "pixel_decoder", "train@dila", "finetune@gaussian_z",
               "rollout@discrete_z", "evaluate@no_content", "finetune@no_action", "evaluate@no_action", "train@flam",
               "plan@dila", "plan@no_action", "plan_baselines", "replicas@dila", "replicas@no_action", "report"]
