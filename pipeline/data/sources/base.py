@@ -251,6 +251,16 @@ def raw_slice(raw: np.ndarray, stride: int) -> slice:
     return slice(int(raw[0]), int(raw[-1]) + 1, stride)
 
 
+def files_under(root: Path, extensions: Sequence[str]) -> list[Path]:
+    """The files below folder `root` whose suffix is one of `extensions` (case-insensitive),
+    hidden files and folders (names starting with ".") skipped, ordered by their path relative
+    to `root` (the episode key of the folder sources)."""
+    suffixes = {e.lower() for e in extensions}
+    files = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
 def fingerprint_files(params: DatasetParams, root: Path, files: Sequence[Path], contents=lambda p: False) -> str:
     """sha256 over the params and each file's path relative to `root`, size and mtime
     (and its bytes where `contents(path)` is true). A missing file is recorded as missing."""

@@ -48,6 +48,7 @@ from pipeline.data.sources.base import (
     Source,
     SourceError,
     apply_resize,
+    files_under,
     fingerprint_files,
     kept_indices,
     kept_raw,
@@ -140,15 +141,11 @@ class ReconSource(Source):
             raise SourceError(f"{path}: RECON folder (or HDF5 file) does not exist")
         if not path.is_dir():
             raise SourceError(f"{path}: RECON path is neither a folder nor a file")
-        suffixes = {e.lower() for e in self.params.extensions}
-        files = [
-            p for p in path.rglob("*")
-            if p.suffix.lower() in suffixes and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        ]
+        files = files_under(path, self.params.extensions)
         if not files:
-            raise SourceError(f"{path}: no HDF5 files ({', '.join(sorted(suffixes))}) found in the folder")
-        return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+            suffixes = sorted({e.lower() for e in self.params.extensions})
+            raise SourceError(f"{path}: no HDF5 files ({', '.join(suffixes)}) found in the folder")
+        return files
 
     def refs(self) -> list[EpisodeRef]:
         return [EpisodeRef(key=f.relative_to(self.root).as_posix(), origin=str(f)) for f in self._files()]

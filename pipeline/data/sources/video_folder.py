@@ -43,6 +43,7 @@ from pipeline.data.sources.base import (
     Source,
     SourceError,
     apply_resize,
+    files_under,
     fingerprint_files,
     kept_indices,
 )
@@ -180,17 +181,11 @@ class VideoFolderSource(Source):
             raise SourceError(f"{root}: video folder does not exist")
         if not root.is_dir():
             raise SourceError(f"{root}: video folder path is not a directory")
-        suffixes = {e.lower() for e in self.params.extensions}
-        files = [
-            p
-            for p in root.rglob("*")
-            if p.suffix.lower() in suffixes
-            and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        ]
+        files = files_under(root, self.params.extensions)
         if not files:
-            raise SourceError(f"{root}: no video files ({', '.join(sorted(suffixes))}) found in the folder")
-        return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+            suffixes = sorted({e.lower() for e in self.params.extensions})
+            raise SourceError(f"{root}: no video files ({', '.join(suffixes)}) found in the folder")
+        return files
 
     def refs(self) -> list[EpisodeRef]:
         return [EpisodeRef(key=f.relative_to(self.root).as_posix(), origin=str(f)) for f in self._files()]
