@@ -92,3 +92,13 @@ def test_spread_over_seeds():
     assert out == {"v": {"seeds": [0, 1], "rollout_mse": {"mean": 2.0, "sd": pytest.approx(np.sqrt(2)), "n": 2},
                          "z_usage": {"mean": None, "sd": None, "n": 0},
                          "rollout_ratio": {"mean": 1.0, "sd": pytest.approx(np.sqrt(0.5)), "n": 2}}}
+
+
+def test_no_seeds_still_writes_both_declared_outputs(tmp_path):
+    """dvc.yaml declares the folder and the file; with replicas.seeds empty (the default) both
+    must exist or `dvc repro` fails the stage."""
+    params = stage_params(tmp_path, ONLY_DILA, *TINY[:-1], "replicas.seeds=[]")
+    path = replicas.run(params, "dila", show_progress=False)
+    assert json.loads(path.read_text())["seeds"] == {}
+    folder = path.parent / "dila"
+    assert folder.is_dir() and not any(folder.iterdir())
