@@ -280,6 +280,11 @@ class Params:
             check(name in self.datasets, f"budget.frames.{name}", name, known)
         for i, name in enumerate(self.evaluate.probe_datasets):
             check(name in self.datasets, f"evaluate.probe_datasets[{i}]", name, known)
+        for i, name in enumerate(self.evaluate.held_out):
+            check(name in self.datasets, f"evaluate.held_out[{i}]", name, known)
+            check(name != self.train.dataset, f"evaluate.held_out[{i}]", name,
+                  f"a dataset other than train.dataset ({self.train.dataset}), whose held-out episodes "
+                  "the rollout stage already scores")
         check(len(self.variants) > 0, "variants", {}, "at least one variant")
         for i, seed in enumerate(self.replicas.seeds):
             check(seed != self.seed, f"replicas.seeds[{i}]", seed,

@@ -28,13 +28,17 @@ class RolloutParams:
 class EvaluateParams:
     """probe_alpha: ridge penalty of the linear probe z -> true actions; probe_datasets: feature
     stores (keys of `datasets:`) on which to probe every variant (out of domain unless it is
-    train.dataset)."""
+    train.dataset); held_out: other feature stores whose held-out (validation) episodes every
+    variant is also rolled out on, beside train.dataset's (the paper: held-out SSv2 and RT-1)."""
 
     probe_alpha: float = 1.0
     probe_datasets: tuple[str, ...] = ("synthetic",)
+    held_out: tuple[str, ...] = ()
 
     def validate(self, where: str) -> None:
         check(self.probe_alpha >= 0, f"{where}.probe_alpha", self.probe_alpha, "a number >= 0")
+        check(len(set(self.held_out)) == len(self.held_out), f"{where}.held_out", list(self.held_out),
+              "distinct dataset names")
 
 
 @dataclass(frozen=True)

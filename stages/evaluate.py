@@ -34,6 +34,9 @@ holds the headline numbers of `headline`):
   future (another frame of the same clip); ratio = shuffled / true error, see
   `pipeline.evaluation.manifold`.
 - probe.<dataset>.groups: the same probe scored per motion family (R² per transform family).
+- held_out.<dataset>: the rollout section on the held-out episodes of each store in
+  `evaluate.held_out`, in memory, plus ratio = rollout / repeat token MSE
+  (`pipeline.evaluation.held_out`).
 - unavailable: "section[.metric]" -> why it could not be computed (never a made-up value).
 
 `latents.npz` beside it holds z of the validation clips of train.dataset with their motion
@@ -51,6 +54,7 @@ import torch
 from dila_core.world_model import family_of
 from pipeline import artifacts
 from pipeline.evaluation.clips import pick, stack
+from pipeline.evaluation.held_out import held_out_section
 from pipeline.evaluation.manifold import future_leakage_section, manifold_section
 from pipeline.evaluation.objects import objects_section
 from pipeline.evaluation.pixels import load_decoder
@@ -102,6 +106,9 @@ def run(params: Params, variant: str) -> Path:
     for name in params.evaluate.probe_datasets:
         section(out["probe"], name, lambda: probe_section(ctx, name, cache), gone, f"probe.{name}")
         section(out["objects"], name, lambda: objects_section(ctx, name, cache), gone, f"objects.{name}")
+    out["held_out"] = {}
+    for name in params.evaluate.held_out:
+        section(out["held_out"], name, lambda: held_out_section(ctx, name, encoder), gone, f"held_out.{name}")
     section(out, "motion_isolation", lambda: isolation_section(ctx), gone)
     section(out, "ground_truth", lambda: ground_truth_section(ctx, val.attrs), gone)
     section(out, "latent_space", lambda: manifold_section(ctx, cache), gone)
@@ -112,5 +119,5 @@ def run(params: Params, variant: str) -> Path:
     details.parent.mkdir(parents=True, exist_ok=True)
     details.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
     path = artifacts.metrics_path(params, variant)
-    path.write_text(json.dumps(headline(out, params.evaluate.probe_datasets), indent=1, allow_nan=False) + "\n")
+    path.write_text(json.dumps(headline(out, params.evaluate), indent=1, allow_nan=False) + "\n")
     return path

@@ -34,7 +34,7 @@ def _seeds(params: Params, metrics: dict[str, dict]) -> dict:
     replicas are missing or stale keeps its main run alone, and the table says why."""
     runs, missing = {}, {}
     for variant, details in metrics.items():
-        runs[variant] = {params.seed: headline(details, params.evaluate.probe_datasets)}
+        runs[variant] = {params.seed: headline(details, params.evaluate)}
         try:
             found = artifacts.read_replicas(params, variant)
         except artifacts.MissingInput as err:

@@ -127,7 +127,8 @@ def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
     probe = "[synthetic, pusht]" if pusht else "[synthetic]"
     datasets = [] if pusht else ["datasets={synthetic: {kind: synthetic, path: pipeline/data/sources/synthetic.py, "
                                  "episodes: 6, frames: 10, size: 32}}"]
-    repo = make_repo(tmp_path, f"evaluate.probe_datasets={probe}", *datasets,
+    held = "[objects3]" if pusht else "[]"  # objects3 is among the default datasets
+    repo = make_repo(tmp_path, f"evaluate.probe_datasets={probe}", f"evaluate.held_out={held}", *datasets,
                      "variants.no_action={variant: no_latent_action, bottleneck: continuous}")
     out = sh("dvc", "repro", cwd=repo, timeout=1800)  # about 10 min alone on 2 cores
     stages = ["prepare@synthetic", "extract@synthetic", "pixel_decoder", "train@dila", "finetune@gaussian_z",
@@ -142,6 +143,7 @@ def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
     assert "| simulator as model (upper bound) |" in table and "| flam |" in table
     if pusht:
         assert "probe pusht R²" in table and "| DiLA | 0.009 |" in table
+        assert "## Held-out stores" in table and "| dila (objects3) |" in table
     assert "Running stage" not in sh("dvc", "repro", cwd=repo)  # a re-run is a no-op
     plots = sh("dvc", "plots", "show", "--json", cwd=repo)  # DVCLive curves are DVC plots
     assert "data/logs/dila/train/plots/metrics/train/L_e.tsv" in plots and "finetune/plots/metrics" in plots

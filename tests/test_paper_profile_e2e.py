@@ -3,7 +3,7 @@ its 1:1:1:1 training mixture (SSv2, RT-1 as LeRobot, RECON HDF5, LoopNav video f
 sidecars) written in its real on-disk format, encoded by a random-init DINOv2-with-registers-base
 (the profile's model) at 28 px (2 x 2 tokens), then every stage-two stage of one variant (dila) on
 the mixture: train, finetune, pixel decoder, rollout, evaluate (probes on rt1, recon, loopnav and,
-where ../shared holds it, Push-T), replicas, plan, plan_baselines (SSv2 has no simulator: recorded),
+where ../shared holds it, Push-T; rollouts on held-out RT-1), replicas, plan, plan_baselines (SSv2 has no simulator: recorded),
 report."""
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def profile_file(tmp: Path) -> Path:
 def check_profile_structure(params) -> None:
     """The overrides shrank the run, not the recipe: the profile's mixture, stats and encoder remain."""
     assert dict(params.train.mixture) == {name: 1 for name in MIXTURE} and params.train.dataset == "ssv2"
-    assert params.train.mixture_stats == "shared"
+    assert params.train.mixture_stats == "shared" and params.evaluate.held_out == ("rt1",)
     assert params.encoder.model == "facebook/dinov2-with-registers-base" and params.encoder.weights == "random"
     kinds = {name: params.dataset(name).kind for name in MIXTURE}
     assert kinds == {"ssv2": "ssv2", "rt1": "lerobot", "recon": "recon_hdf5", "loopnav": "video_folder"}
@@ -199,6 +199,9 @@ def check_evaluation(params) -> dict:
         else:
             assert math.isfinite(probe["r2"]) and probe["test_samples"] >= 1, (name, probe)
     assert set(PROBED) <= set(details["probe"]) | {k.removeprefix("probe.") for k in unavailable}
+    rt1 = details["held_out"]["rt1"]  # held-out RT-1 beside held-out SSv2, in the shared statistics
+    assert rt1["episodes"] >= 1 and rt1["store"] == str(artifacts.store_path(params, "rt1"))
+    assert rt1["ratio"] == rt1["token_mse"] / rt1["baseline"]["token_mse"] and math.isfinite(rt1["ratio"])
     assert json.loads(artifacts.metrics_path(params, "dila").read_text())
     return details
 
@@ -211,7 +214,7 @@ def check_planning_and_report(params, out: dict[str, Path]) -> None:
     reps = artifacts.read_replicas(params, "dila")  # replicas.seeds: [] in the profile
     assert reps["seeds"] == {} and reps["split_seed"] == params.seed
     table = out["report"].read_text()
-    assert out["report"].name == "table.md" and out["report"].is_file() and "dila" in table
+    assert out["report"].name == "table.md" and out["report"].is_file() and "| dila (rt1) |" in table
 
 
 @pytest.mark.slow

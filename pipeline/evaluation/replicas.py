@@ -1,5 +1,5 @@
 """A replica (a variant trained again from another seed) scored in memory, exactly as the
-rollout and evaluate stages score the main run: the rollout, teacher-forced and probe sections
+rollout and evaluate stages score the main run: the rollout, teacher-forced, probe and held-out sections
 on the same held-out clips, the rollout rounded to float16 as the rollout stage stores it, so the
 replica of the main seed reproduces the main run's headline numbers.
 """
@@ -12,6 +12,7 @@ import torch
 
 from pipeline.data.windows import denormalize
 from pipeline.evaluation.clips import pick, rollout_clips, stack
+from pipeline.evaluation.held_out import held_out_section
 from pipeline.evaluation.sections import Context, Latents, probe_section, rollout_scores, section, \
     teacher_forced_section
 from pipeline.evaluation.seeds import headline
@@ -44,4 +45,8 @@ def replica_headline(params: Params, variant: str) -> tuple[dict[str, float | No
     cache: dict[str, Latents] = {}
     for name in params.evaluate.probe_datasets:
         section(out["probe"], name, lambda: probe_section(ctx, name, cache), ctx.unavailable, f"probe.{name}")
-    return headline(out, params.evaluate.probe_datasets), dict(sorted(ctx.unavailable.items()))
+    out["held_out"] = {}
+    for name in params.evaluate.held_out:
+        section(out["held_out"], name, lambda: held_out_section(ctx, name, val.attrs.get("encoder")),
+                ctx.unavailable, f"held_out.{name}")
+    return headline(out, params.evaluate), dict(sorted(ctx.unavailable.items()))

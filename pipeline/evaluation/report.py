@@ -174,6 +174,21 @@ def _objects_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str
     return lines
 
 
+def _held_out_table(metrics: dict[str, dict[str, Any]], notes: Notes) -> list[str]:
+    """One row per (variant, store of evaluate.held_out); empty when no store is held out."""
+    stores = sorted({name for m in metrics.values() for name in m.get("held_out", {})}
+                    | {key.split(".")[1] for m in metrics.values() for key in m.get("unavailable", {})
+                       if key.startswith("held_out.") and key.count(".") == 1})
+    cols = [("episodes", "episodes"), ("rollout / repeat", "ratio"), ("z used", "z_usage"),
+            ("rollout token MSE", "token_mse"), ("repeat last frame", "baseline.token_mse"),
+            ("rollout cosine", "cosine")]
+    lines = [_row("model (store)", [h for h, _ in cols]), "|" + "---|" * (len(cols) + 1)]
+    for name in stores:
+        lines += [_row(f"{variant} ({name})", [cell(m, f"held_out.{name}.{key}", notes) for _, key in cols])
+                  for variant, m in metrics.items()]
+    return lines if stores else []
+
+
 def _header(metrics: dict[str, dict[str, Any]]) -> list[str]:
     first = next(iter(metrics.values()))
     weights = sorted({str(m.get("encoder_weights")) for m in metrics.values()})
@@ -203,8 +218,13 @@ def format_table(metrics: dict[str, dict[str, Any]], pusht: str | None = None,
               "(the default run must reach 1.5). Decoder read-out: 1.00 means the decoder does not read motion "
               "from structure. A model at 1.00 on either describes no learned dynamics, whatever its other numbers.",
               "", "Token errors are on normalized tokens; SSIM/LPIPS compare decoded rollouts with decoded true "
-              "tokens; probe MSE is in train-set standard deviations of each action dimension.", "",
-              "## Synthetic ground truth (token MSE, lower is better)", ""]
+              "tokens; probe MSE is in train-set standard deviations of each action dimension."]
+    held_out = _held_out_table(metrics, notes)
+    if held_out:
+        lines += ["", "## Held-out stores (evaluate.held_out: rollouts on other datasets' held-out episodes)", "",
+                  "The rollout above, on each store's validation episodes, in that store's normalisation; "
+                  "rollout / repeat below 1 beats repeating the last frame.", "", *held_out]
+    lines += ["", "## Synthetic ground truth (token MSE, lower is better)", ""]
     lines += _truth_table(metrics, notes)
     lines += ["", "## Latent space (the shape of z; no eyes needed)", "",
               "Effective rank: exp of the entropy of z's singular values (d_z when isotropic, 1 on a line). "
@@ -265,6 +285,8 @@ def headline(metrics: dict[str, dict[str, Any]], plans: dict[str, Any] | None = 
         out.update(plan_random=planned["plan_random"], plan_simulator=planned["plan_simulator"])
     for variant, m in metrics.items():
         out[variant] = {"rollout_mse": lookup(m, "rollout.token_mse"), "z_usage": lookup(m, "rollout.z_usage")}
+        if m.get("held_out"):
+            out[variant]["held_out_ratio"] = {n: lookup(m, f"held_out.{n}.ratio") for n in sorted(m["held_out"])}
         if planned is not None:
             out[variant]["plan_success"] = planned["variants"].get(variant)
     return out

@@ -12,14 +12,17 @@ from typing import Any
 import numpy as np
 
 from pipeline.evaluation.paper import lookup
+from pipeline.params_eval import EvaluateParams
 
 
-def headline(details: dict[str, Any], probe_datasets: tuple[str, ...]) -> dict[str, float | None]:
+def headline(details: dict[str, Any], evaluate: EvaluateParams) -> dict[str, float | None]:
     """A variant's headline numbers from its evaluation details: the same keys for every variant
     (null where a number does not exist for it; the details say why)."""
     keys = {"rollout_mse": "rollout.token_mse", "repeat_mse": "rollout.baseline.token_mse",
             "z_usage": "rollout.z_usage", "readout": "teacher_forced.readout.ratio",
-            "tf_mse": "teacher_forced.clips_val_mse", **{f"r2_{name}": f"probe.{name}.r2" for name in probe_datasets}}
+            "tf_mse": "teacher_forced.clips_val_mse",
+            **{f"r2_{name}": f"probe.{name}.r2" for name in evaluate.probe_datasets},
+            **{f"held_out_ratio_{name}": f"held_out.{name}.ratio" for name in evaluate.held_out}}
     return {name: lookup(details, key) for name, key in keys.items()}
 
 
@@ -55,7 +58,9 @@ def seeds_lines(table: dict[str, Any], missing: dict[str, str], ref, fmt) -> lis
     """Markdown lines of the report's seeds table from `seed_table`'s output; `missing` holds the
     reason a variant's replicas are absent, `ref(reason)` makes a note, `fmt(number)` a cell."""
     probes = sorted({k for row in table.values() for k in row if k.startswith("r2_")})
-    cols = [*COLUMNS, *((f"R² {k[3:]}", k) for k in probes)]
+    held = sorted({k for row in table.values() for k in row if k.startswith("held_out_ratio_")})
+    cols = [*COLUMNS, *((f"R² {k[3:]}", k) for k in probes),
+            *((f"rollout / repeat {k[len('held_out_ratio_'):]}", k) for k in held)]
     lines = ["## Over training seeds (mean ± sd; data, split and encoder fixed)", "",
              "Each variant trained again from each of replicas.seeds, scored as the evaluate stage scores "
              "the main run (whose seed is the first). rollout / repeat below 1 beats repeating the last "

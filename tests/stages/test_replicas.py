@@ -20,7 +20,7 @@ from tests.stages.helpers import stage_params
 
 TINY = ["model.preset=tiny", "train.batch_size=2", "train.steps=6", "train.val_every=3", "train.val_batches=1",
         "train.checkpoint_every=3", "train.log_every=1", "train.workers=0", "finetune.steps=2",
-        "finetune.checkpoint_every=1", "replicas.seeds=[1]"]
+        "finetune.checkpoint_every=1", "evaluate.held_out=[objects3]", "replicas.seeds=[1]"]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,9 @@ def main(tmp_path_factory):
     """The main run of a tiny dila (seed 0: train, finetune, rollout, evaluate) and its replica (seed 1)."""
     tmp = tmp_path_factory.mktemp("replicas")
     params = stage_params(tmp, ONLY_DILA, *TINY)
-    prepare.run(params, "synthetic", show_progress=False)
-    extract.run(params, "synthetic", show_progress=False)
+    for name in ("synthetic", "objects3"):
+        prepare.run(params, name, show_progress=False)
+        extract.run(params, name, show_progress=False)
     train.run(params, "dila", show_progress=False)
     finetune.run(params, "dila", show_progress=False)
     rollout.run(params, "dila")
@@ -46,6 +47,7 @@ def test_the_replica_of_the_main_seed_reproduces_the_main_run(main):
     phase2(p, "dila", main.params.seed, d, False, replicas.__name__)
     numbers, unavailable = replica_headline(p, "dila")
     assert numbers == main.headline and numbers["rollout_mse"] is not None and numbers["z_usage"] is not None
+    assert numbers["held_out_ratio_objects3"] is not None
     assert "rollout.ssim" in unavailable  # tokens only: no pixel decoder
 
 
