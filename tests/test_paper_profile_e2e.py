@@ -38,7 +38,7 @@ def make_ssv2(base: Path, clips: int = 6, frames: int = 20) -> dict[str, str]:
     (template -> class index) and the cleaned-subset split file (one id per line)."""
     ids = [str(10 + 7 * i) for i in range(clips)]
     for i, clip_id in enumerate(ids):
-        write_video(base / "videos" / f"{clip_id}.webm", color_frames(frames, (32, 32), salt=i), fps=12,
+        write_video(base / "20bn-something-something-v2" / f"{clip_id}.webm", color_frames(frames, (32, 32), salt=i), fps=12,
                     codec="libvpx-vp9")
     entries = [{"id": clip_id, "label": TEMPLATES[i % 2].replace("[something]", "a cup").lower(),
                 "template": TEMPLATES[i % 2], "placeholders": ["a cup"]} for i, clip_id in enumerate(ids)]
@@ -47,8 +47,7 @@ def make_ssv2(base: Path, clips: int = 6, frames: int = 20) -> dict[str, str]:
     (labels / "train.json").write_text(json.dumps(entries))
     (labels / "labels.json").write_text(json.dumps(CLASSES))
     (base / "dila_train_ids.txt").write_text("# cleaned subset\n" + "\n".join(ids) + "\n")
-    return {"path": str(base / "videos"), "annotations": str(labels / "train.json"),
-            "labels": str(labels / "labels.json"), "split": str(base / "dila_train_ids.txt")}
+    return {"path": str(base)}  # the profile's videos, annotations, labels and split below it
 
 
 def drive(n: int, seed: int) -> np.ndarray:

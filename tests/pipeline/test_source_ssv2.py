@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,9 +50,18 @@ def ssv2(tmp_path_factory):
 
 
 def params(base, **changes) -> dict:
-    return {"kind": "ssv2", "path": str(base / "20bn-something-something-v2"),
-            "annotations": str(base / "labels" / "train.json"), "labels": str(base / "labels" / "labels.json"),
-            "split": str(base / "labels" / "dila_train.txt"), **changes}
+    """The release's layout below `base` (the clips at the default `videos`)."""
+    return {"kind": "ssv2", "path": str(base), "annotations": "labels/train.json", "labels": "labels/labels.json",
+            "split": "labels/dila_train.txt", **changes}
+
+
+def own_root(tmp_path, ssv2) -> Path:
+    """A private SSv2 folder in tmp_path: the fixture's clips linked in, its label files copied."""
+    root = tmp_path / "ssv2"
+    root.mkdir()
+    (root / "20bn-something-something-v2").symlink_to(ssv2 / "20bn-something-something-v2")
+    shutil.copytree(ssv2 / "labels", root / "labels")
+    return root
 
 
 def source(base, **changes) -> SSv2Source:
@@ -65,8 +76,14 @@ def test_params_and_registry(ssv2):
     p = build(SSv2Params, params(ssv2), "d")
     assert p.clip_frames == 16 and p.decoder == "auto" and p.frame_stride == 1 and p.max_frames is None
     assert params_class("ssv2") is SSv2Params and isinstance(build_source(p), SSv2Source)
-    with pytest.raises(ParamsError, match="missing key d.annotations"):
-        build(SSv2Params, {"kind": "ssv2", "path": "x"}, "d")
+    default = build(SSv2Params, {"kind": "ssv2", "path": "x"}, "d")  # the release's layout below path
+    assert (default.videos, default.annotations, default.labels, default.split) == \
+        ("20bn-something-something-v2", "labels/train.json", None, None)
+    for key, value in [("annotations", "/elsewhere/train.json"), ("split", "../ids.txt"), ("videos", ""),
+                       ("labels", "a/../../labels.json")]:
+        with pytest.raises(ParamsError, match=rf"d.{key} = .*relative to d.path and inside it.*DVC tracks path"):
+            build(SSv2Params, params(ssv2, **{key: value}), "d")
+    assert SSv2Source(build(SSv2Params, params(ssv2, videos="."), "d")).root == ssv2
     with pytest.raises(ParamsError, match=r"d.frame_stride = 2 .*instead of striding; change clip_frames"):
         build(SSv2Params, params(ssv2, frame_stride=2), "d")
     with pytest.raises(ParamsError, match=r"d.max_frames = 8 .*exactly clip_frames"):
@@ -163,51 +180,54 @@ def test_bad_clips_are_episode_errors_naming_the_id_and_file(ssv2):
 
 
 def test_annotations_without_templates_need_labels_null(tmp_path, ssv2):
-    test_json = tmp_path / "test.json"
+    root = own_root(tmp_path, ssv2)
+    test_json = root / "labels" / "test.json"
     test_json.write_text(json.dumps([{"id": "3"}, {"id": "12"}]))
-    src = source(ssv2, annotations=str(test_json), split=None)
+    src = source(root, annotations="labels/test.json", split=None)
     assert [r.key for r in src.refs()] == ["3", "12"]
     with pytest.raises(EpisodeError, match=f"clip id 3 has no template in the annotations file {test_json}"):
         src.count(src.refs()[0])
-    assert source(ssv2, annotations=str(test_json), split=None, labels=None).count(src.refs()[0]) == 16
+    assert source(root, annotations="labels/test.json", split=None, labels=None).count(src.refs()[0]) == 16
 
 
 def test_dataset_level_problems_are_source_errors_naming_the_path(tmp_path, ssv2):
+    root = own_root(tmp_path, ssv2)
+
     def refs_fail(match, **changes):
         with pytest.raises(SourceError, match=re.escape(match)):
-            source(ssv2, **changes).refs()
+            source(root, **changes).refs()
 
-    refs_fail(f"{tmp_path / 'none.json'}: annotations file does not exist", annotations=str(tmp_path / "none.json"))
-    refs_fail(f"{tmp_path / 'none.txt'}: split file does not exist", split=str(tmp_path / "none.txt"))
-    refs_fail(f"{tmp_path / 'l.json'}: labels file does not exist", labels=str(tmp_path / "l.json"))
-    refs_fail(f"{tmp_path / 'clips'}: SSv2 clip folder does not exist", path=str(tmp_path / "clips"))
-    bad = tmp_path / "bad.json"
+    refs_fail(f"{root / 'none.json'}: annotations file does not exist", annotations="none.json")
+    refs_fail(f"{root / 'none.txt'}: split file does not exist", split="none.txt")
+    refs_fail(f"{root / 'l.json'}: labels file does not exist", labels="l.json")
+    refs_fail(f"{root / 'clips'}: SSv2 clip folder does not exist", videos="clips")
+    bad = root / "bad.json"
     bad.write_text("[{\"id\": ")
-    refs_fail(f"{bad}: annotations file is not valid JSON", annotations=str(bad))
+    refs_fail(f"{bad}: annotations file is not valid JSON", annotations="bad.json")
     bad.write_text(json.dumps({"id": "3"}))
-    refs_fail(f"{bad}: annotations file must be a JSON list", annotations=str(bad))
+    refs_fail(f"{bad}: annotations file must be a JSON list", annotations="bad.json")
     bad.write_text(json.dumps([{"id": "3"}, {"template": "x"}]))
-    refs_fail(f"{bad}: entry 1 must be an object with a string \"id\"", annotations=str(bad))
+    refs_fail(f"{bad}: entry 1 must be an object with a string \"id\"", annotations="bad.json")
     bad.write_text(json.dumps({"Putting something on a surface": "one"}))
-    refs_fail(f"{bad}: class index of 'Putting something on a surface' is 'one'", labels=str(bad))
-    split = tmp_path / "split.txt"
+    refs_fail(f"{bad}: class index of 'Putting something on a surface' is 'one'", labels="bad.json")
+    split = root / "split.txt"
     split.write_text("3\n12\n3\n")
-    refs_fail(f"{split}:3: clip id 3 is listed twice (first on line 1)", split=str(split))
+    refs_fail(f"{split}:3: clip id 3 is listed twice (first on line 1)", split="split.txt")
     split.write_text("3\nsub/12\n")
-    refs_fail(f"{split}:2: 'sub/12' is not a clip id", split=str(split))
+    refs_fail(f"{split}:2: 'sub/12' is not a clip id", split="split.txt")
     split.write_text("# nothing\n\n")
-    refs_fail(f"{split}: split file lists no clip ids", split=str(split))
+    refs_fail(f"{split}: split file lists no clip ids", split="split.txt")
 
 
 def test_fingerprint_tracks_clips_metadata_and_params(tmp_path, ssv2):
-    labels = tmp_path / "labels.json"
-    labels.write_text(json.dumps(CLASSES))
-    split = tmp_path / "split.txt"
+    root = own_root(tmp_path, ssv2)
+    labels = root / "labels" / "labels.json"
+    split = root / "split.txt"
     split.write_text("3\n12\n")
-    src = source(ssv2, labels=str(labels), split=str(split))
+    src = source(root, split="split.txt")
     first = src.fingerprint()
-    assert first == source(ssv2, labels=str(labels), split=str(split)).fingerprint()
-    assert source(ssv2, labels=str(labels), split=str(split), clip_frames=8).fingerprint() != first
+    assert first == source(root, split="split.txt").fingerprint()
+    assert source(root, split="split.txt", clip_frames=8).fingerprint() != first
     split.write_text("12\n3\n")
     assert src.fingerprint() != first
     split.write_text("3\n12\n")

@@ -10,9 +10,9 @@ import pytest
 
 from pipeline import artifacts
 from pipeline.config import ParamsError
+from pipeline.evaluation.held_out import held_out_section
 from pipeline.evaluation.report import format_table
 from pipeline.evaluation.sections import Context, Unavailable
-from pipeline.evaluation.held_out import held_out_section
 from stages import evaluate, extract, prepare, rollout
 from tests.stages.conftest import ONLY_DILA
 from tests.stages.helpers import save_model, stage_params

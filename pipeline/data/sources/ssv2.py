@@ -1,9 +1,13 @@
 """Something-Something v2 (SSv2), read in place: webm clips plus the official label files.
 
-The release (the "labels" download package; older copies prefix every name with
-"something-something-v2-") holds:
+`path` is the SSv2 folder, and every file the source reads lies below it (`videos`,
+`annotations`, `labels` and `split` are relative to it), because `path` is what DVC tracks as
+the prepare stage's dependency: a changed split or label file re-runs prepare. Link files kept
+elsewhere into it. The release (the "labels" download package; older copies prefix every name
+with "something-something-v2-") holds:
 
-  <path>/<id>.webm   one clip per id (VP9; the height is 240, the width varies, so set `resize`)
+  <videos>/<id>.webm one clip per id (VP9; the height is 240, the width varies, so set `resize`);
+                     the release unpacks them to 20bn-something-something-v2/
   labels.json        {template without its brackets: class index as a string}, 174 classes
                      ("Putting something on a surface": "109")
   train.json, validation.json
@@ -41,8 +45,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Literal
 
 import numpy as np
@@ -67,7 +71,8 @@ LABEL = "class"
 
 @dataclass(frozen=True)
 class SSv2Params(DatasetParams):
-    """path: the folder of <id>.webm clips.
+    """path: the SSv2 folder holding everything below (what DVC tracks). Relative to it:
+    videos: the folder of <id>.webm clips.
     annotations: train.json or validation.json (which clips exist, and their templates).
     labels: labels.json, or null for no labels.
     split: a file of clip ids, one a line (module docstring), or null for every annotated clip.
@@ -75,7 +80,8 @@ class SSv2Params(DatasetParams):
     decoder: "auto" (decord, PyAV where decord cannot read a file), "decord" or "pyav".
     """
 
-    annotations: str = field(kw_only=True)
+    videos: str = "20bn-something-something-v2"
+    annotations: str = "labels/train.json"
     labels: str | None = None
     split: str | None = None
     clip_frames: int = 16
@@ -84,14 +90,28 @@ class SSv2Params(DatasetParams):
     def validate(self, where: str) -> None:
         super().validate(where)
         check(self.kind == "ssv2", f"{where}.kind", self.kind, "'ssv2'")
-        check(self.annotations != "", f"{where}.annotations", self.annotations,
-              "the path of train.json or validation.json")
         check(self.clip_frames >= 2, f"{where}.clip_frames", self.clip_frames, "an integer >= 2")
         check(self.frame_stride == 1, f"{where}.frame_stride", self.frame_stride,
               "1: ssv2 samples clip_frames frames uniformly over each whole clip instead of striding; "
               "change clip_frames")
         check(self.max_frames is None, f"{where}.max_frames", self.max_frames,
               "null: ssv2 keeps exactly clip_frames frames of each clip; change clip_frames")
+        for key in ("videos", "annotations", "labels", "split"):
+            value = getattr(self, key)
+            optional = key in ("labels", "split")
+            check((value is None and optional) or (isinstance(value, str) and _inside(value)), f"{where}.{key}",
+                  value, f"a path relative to {where}.path and inside it{' (or null)' if optional else ''}: DVC "
+                  "tracks path as the dataset's dependency, so every file read must lie below it (link it in)")
+
+    def under(self, relative: str) -> str:
+        """The file `relative` (a videos, annotations, labels or split value) below path."""
+        return str(Path(self.path) / relative)
+
+
+def _inside(relative: str) -> bool:
+    """A non-empty relative path ("." is the folder itself) that does not climb out of its folder."""
+    path = PurePath(relative)
+    return relative.strip() != "" and not path.is_absolute() and ".." not in path.parts
 
 
 def sample_indices(n_raw: int, clip_frames: int, origin: str) -> np.ndarray:
@@ -184,14 +204,16 @@ def _id_order(clip_id: str) -> tuple[int, int, str]:
 class SSv2Source(Source):
     def __init__(self, params: SSv2Params):
         self.params = params
-        self.root = Path(params.path)
+        self.root = Path(params.under(params.videos))
+        self.annotations = params.under(params.annotations)
+        self.labels = None if params.labels is None else params.under(params.labels)
+        self.split = None if params.split is None else params.under(params.split)
 
     def _annotations(self) -> dict[str, str | None]:
-        return _read_annotations(*_stamp(self.params.annotations, "annotations file"))
+        return _read_annotations(*_stamp(self.annotations, "annotations file"))
 
     def _classes(self) -> dict[str, int] | None:
-        labels = self.params.labels
-        return None if labels is None else _read_classes(*_stamp(labels, "labels file"))
+        return None if self.labels is None else _read_classes(*_stamp(self.labels, "labels file"))
 
     def _ids(self) -> tuple[str, ...]:
         if not self.root.is_dir():
@@ -199,10 +221,10 @@ class SSv2Source(Source):
             raise SourceError(f"{self.root}: SSv2 clip folder {what}")
         annotations = self._annotations()
         self._classes()  # a missing or malformed labels file stops the source here, before any clip
-        if self.params.split is not None:
-            return _read_split(*_stamp(self.params.split, "split file"))
+        if self.split is not None:
+            return _read_split(*_stamp(self.split, "split file"))
         if not annotations:
-            raise SourceError(f"{self.params.annotations}: annotations file lists no clips")
+            raise SourceError(f"{self.annotations}: annotations file lists no clips")
         return tuple(sorted(annotations, key=_id_order))
 
     def _clip(self, clip_id: str) -> Path:
@@ -216,26 +238,25 @@ class SSv2Source(Source):
 
     def _check(self, ref: EpisodeRef) -> int | None:
         """The clip's class index (None without labels), after checking its webm and annotation exist."""
-        p = self.params
         clip = self._clip(ref.key)
         if not clip.is_file():
-            listing = f"split file {p.split}" if p.split is not None else f"annotations file {p.annotations}"
+            listing = f"split file {self.split}" if self.split is not None else f"annotations file {self.annotations}"
             raise EpisodeError(ref.origin, f"clip id {ref.key} is listed in the {listing} but its video {clip} "
                                "does not exist")
         annotations = self._annotations()
         if ref.key not in annotations:
-            raise EpisodeError(ref.origin, f"clip id {ref.key} has no entry in the annotations file {p.annotations}")
+            raise EpisodeError(ref.origin, f"clip id {ref.key} has no entry in the annotations file {self.annotations}")
         classes = self._classes()
         if classes is None:
             return None
         template = annotations[ref.key]
         if template is None:
             raise EpisodeError(ref.origin, f"clip id {ref.key} has no template in the annotations file "
-                               f"{p.annotations}, so no class (test.json has none: use labels: null)")
+                               f"{self.annotations}, so no class (test.json has none: use labels: null)")
         name = template.replace("[", "").replace("]", "")
         if name not in classes:
             raise EpisodeError(ref.origin, f"clip id {ref.key}: its template {template!r} ({name!r}) is not a class "
-                               f"of the labels file {p.labels}")
+                               f"of the labels file {self.labels}")
         return classes[name]
 
     def count(self, ref: EpisodeRef) -> int:
@@ -262,7 +283,7 @@ class SSv2Source(Source):
         """The listed clips' paths, sizes and mtimes, the params, and the bytes of the metadata files."""
         clips = [self._clip(i) for i in self._ids()]
         digest = hashlib.sha256(fingerprint_files(self.params, self.root, clips).encode())
-        for path in (self.params.annotations, self.params.labels, self.params.split):
+        for path in (self.annotations, self.labels, self.split):
             if path is not None:
                 digest.update(f"{path}\0".encode() + hashlib.sha256(Path(path).read_bytes()).digest())
         return digest.hexdigest()
