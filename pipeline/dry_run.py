@@ -1,8 +1,9 @@
 """What a params file's run will cost, before it runs (`dila dry-run`): no video is decoded, no
 token encoded, nothing trained, no GPU needed.
 
-- Stores: per dataset, its kept frames (counted by the source where counting reads only metadata
-  or the generator's params; else `budget.frames.<name>`; else unknown), the token grid and width
+- Stores: per dataset, its kept frames (the source's `metadata_count`, where metadata, an index
+  or the generator's params tell them without decoding; else `budget.frames.<name>`; else
+  unknown), the token grid and width
   of the configured encoder, the bytes per stored frame (raw float16 × the compression ratio
   measured by `benchmarks/extract.py`, file `budget.store_bytes`) and the size on disk.
 - Compute, counted: the encoder's FLOPs per frame and each phase's FLOPs per training step
@@ -26,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dila_core import world_model
 from pipeline.data.encoder import builtin_config
-from pipeline.data.sources import Source, SourceError, build_source
+from pipeline.data.sources import EpisodeError, SourceError, build_source
 from pipeline.params import PATCH, Params
 from pipeline.training.runs import model_config, variant_capabilities
 
@@ -38,10 +39,18 @@ def count_frames(params: Params, name: str) -> tuple[int | None, str]:
     ds = params.dataset(name)
     try:
         source = build_source(ds)
-        if type(source).count is Source.count:  # the base counts by decoding: not a dry run
-            raise SourceError(f"{ds.kind} counts frames only by decoding them")
         refs = source.refs()
-        return sum(source.count(ref) for ref in refs), f"counted ({len(refs)} episodes)"
+        counts, bad = [], 0
+        for ref in refs:
+            try:
+                counts.append(source.metadata_count(ref))
+            except EpisodeError:  # prepare would skip it too
+                bad += 1
+        if None in counts:
+            raise SourceError(f"{ds.kind} counts frames only by decoding them")
+        notes = [f"{len(counts)} episodes"] + ([f"{bad} unreadable, skipped"] if bad else []) + \
+            ([source.metadata_bound] if source.metadata_bound else [])
+        return sum(counts), f"counted ({'; '.join(notes)})"
     except (SourceError, OSError) as err:
         declared = params.budget.frames.get(name)
         if declared is None:

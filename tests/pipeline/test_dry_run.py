@@ -10,8 +10,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dila_core import world_model
 from pipeline import dry_run
+from pipeline.data.sources import build_source
+from pipeline.data.sources import lerobot as lerobot_source
+from pipeline.data.sources import recon as recon_source
+from pipeline.data.sources import ssv2 as ssv2_source
+from pipeline.params import load_params
 from pipeline.training.runs import model_config
-from tests.conftest import make_params
+from tests.conftest import ROOT, make_params
+from tests.pipeline.media import make_lerobot_v3
 from tests.stages.helpers import dila, write_params
 
 ABSENT = ["datasets.far.kind=video_folder", "datasets.far.path=/nonexistent/videos", "budget.frames.far=5000",
@@ -81,3 +87,39 @@ def test_the_cli_prints_the_tables_and_writes_json(tmp_path):
     assert "| synthetic | synthetic | 60 |" in out and "| far | video_folder | 5,000 |" in out
     assert "lower bounds" in out and "not measured" in out
     assert json.loads((tmp_path / "dry.json").read_text())["stores"]["far"]["frames"] == 5000
+
+
+def test_real_layouts_are_counted_from_metadata_without_decoding(tmp_path, monkeypatch):
+    """SSv2 (split file, labels), RT-1 as LeRobot (parquet rows), RECON (HDF5 shapes) are counted
+    without decoding a frame, to the frames prepare keeps; LoopNav's videos need decoding, so the
+    declared budget.frames is used and said to be."""
+    e2e = pytest.importorskip("tests.test_paper_profile_e2e")  # its fixtures need h5py (the recon extra)
+    ssv2 = e2e.make_ssv2(tmp_path / "ssv2", clips=3, frames=20)
+    rt1 = make_lerobot_v3(tmp_path / "rt1", (10, 12, 9), cameras=("observation.images.image",))
+    recon = e2e.make_recon(tmp_path / "recon", lengths=(10, 7))
+    loopnav = e2e.make_loopnav(tmp_path / "loopnav", lengths=(8,))
+    params = load_params(ROOT / "profiles" / "paper.yaml", [
+        *(f"paths.{k}={tmp_path}/{k}" for k in ("prepared", "features", "models", "logs", "eval", "plan",
+                                                "replicas", "report")),
+        f"datasets.ssv2.path={ssv2['path']}", "datasets.ssv2.clip_frames=6", f"datasets.rt1.path={rt1.root}",
+        f"datasets.recon.path={recon}", f"datasets.loopnav.path={loopnav}", "budget.frames.loopnav=1234",
+        "datasets.pusht.path=/nonexistent/pusht.zarr", "evaluate.probe_datasets=[rt1]"])
+    decoded = {}
+    for name in ("ssv2", "rt1", "recon"):
+        source = build_source(params.dataset(name))
+        decoded[name] = sum(source.count(ref) for ref in source.refs())  # by decoding every frame
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the dry run decoded a frame")
+
+    for module, name in ((ssv2_source, "decode"), (ssv2_source, "count_frames"), (lerobot_source, "decode"),
+                         (recon_source.Image, "open")):
+        monkeypatch.setattr(module, name, no_decoding)
+    counted = {name: dry_run.count_frames(params, name) for name in ("ssv2", "rt1", "recon", "loopnav")}
+    assert decoded == {"ssv2": 3 * 6, "rt1": 5 + 6 + 5, "recon": 10 + 7}  # RT-1 at frame stride 2
+    for name in decoded:
+        assert counted[name][0] == decoded[name], (name, counted[name])
+    assert counted["ssv2"][1] == "counted (3 episodes; at most: clips shorter than clip_frames are skipped " \
+                                 "when prepared)"
+    assert counted["rt1"][1] == "counted (3 episodes)" and counted["recon"][1] == "counted (2 episodes)"
+    assert counted["loopnav"][0] == 1234 and "video_folder counts frames only by decoding them" in counted["loopnav"][1]

@@ -156,6 +156,14 @@ class Source(abc.ABC):
         """
         return len(self.load(ref).frames)
 
+    # Counting from metadata alone (`dila dry-run`): no frame is decoded.
+    metadata_bound = ""  # what a metadata count is when it is not exact (e.g. "at most: ...")
+
+    def metadata_count(self, ref: EpisodeRef) -> int | None:
+        """Kept frames of `ref` from metadata, the generator's params or the source's own index,
+        without decoding a frame; None where only decoding can tell (the default)."""
+        return None
+
     def frame_size(self, ref: EpisodeRef) -> tuple[int, int]:
         """(height, width) of the episode's frames as `load` returns them (read from its first frame)."""
         return tuple(int(n) for n in self.load(ref, 0, 1).frames.shape[1:3])

@@ -133,6 +133,9 @@ class GymPushTSource(Source):
         return Schema(action_dim=2, labels={"state": LabelSpec((5,), "float32"),
                                             "sim_state": LabelSpec((10,), "float64")})
 
+    def metadata_count(self, ref: EpisodeRef) -> int:
+        return self.count(ref)  # counted from params or the index, nothing decoded
+
     def count(self, ref: EpisodeRef) -> int:
         self._index(ref)
         p = self.params

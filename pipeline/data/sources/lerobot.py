@@ -301,6 +301,11 @@ class LeRobotSource(Source):
             ref.origin, f"frame-count mismatch: {ep.data} has {rows} rows for episode {ep.index} but {frames}"
         )
 
+    def metadata_count(self, ref: EpisodeRef) -> int:
+        """Kept frames from the episode's parquet rows (the video is not decoded)."""
+        _, _, n = self._rows(self._files(ref))
+        return len(kept_indices(n, self.params))
+
     def count(self, ref: EpisodeRef) -> int:
         ep = self._files(ref)
         _, _, n = self._rows(ep)

@@ -152,6 +152,9 @@ class PushTSource(Source):
         }
         return Schema(action_dim=action_dim, labels=labels)
 
+    def metadata_count(self, ref: EpisodeRef) -> int:
+        return self.count(ref)  # counted from params or the index, nothing decoded
+
     def count(self, ref: EpisodeRef) -> int:
         begin, end = self._bounds(ref)
         return len(kept_indices(end - begin, self.params))

@@ -235,6 +235,12 @@ class ReconSource(Source):
             raise EpisodeError(ref.origin, f"{key} holds images of {len(sizes)} sizes (height, width): {sizes}")
         return np.stack(frames)                                                     # (T, H, W, 3)
 
+    def metadata_count(self, ref: EpisodeRef) -> int:
+        """Kept frames from the HDF5 datasets' shapes (odometry read, no image decoded)."""
+        with self._open(ref) as f:
+            _, xy, _ = self._layout(ref, f)
+        return len(kept_indices(len(xy), self.params))
+
     def load(self, ref: EpisodeRef, start: int = 0, stop: int | None = None) -> Episode:
         p = self.params
         with self._open(ref) as f:

@@ -259,6 +259,13 @@ class SSv2Source(Source):
                                f"of the labels file {self.labels}")
         return classes[name]
 
+    metadata_bound = "at most: clips shorter than clip_frames are skipped when prepared"
+
+    def metadata_count(self, ref: EpisodeRef) -> int:
+        """clip_frames for a listed, annotated clip whose webm exists (its length needs decoding)."""
+        self._check(ref)
+        return self.params.clip_frames
+
     def count(self, ref: EpisodeRef) -> int:
         self._check(ref)
         n_raw = count_frames(self._clip(ref.key), self.params.decoder)

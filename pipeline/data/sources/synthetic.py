@@ -270,6 +270,9 @@ class SyntheticSource(Source):
             },
         )
 
+    def metadata_count(self, ref: EpisodeRef) -> int:
+        return self.count(ref)  # counted from params or the index, nothing decoded
+
     def count(self, ref: EpisodeRef) -> int:
         self._index(ref)
         return len(kept_indices(self.params.frames, self.params))
