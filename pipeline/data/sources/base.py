@@ -259,13 +259,20 @@ def raw_slice(raw: np.ndarray, stride: int) -> slice:
     return slice(int(raw[0]), int(raw[-1]) + 1, stride)
 
 
-def files_under(root: Path, extensions: Sequence[str]) -> list[Path]:
+def files_under(root: Path, extensions: Sequence[str], folder: str, kind: str) -> list[Path]:
     """The files below folder `root` whose suffix is one of `extensions` (case-insensitive),
     hidden files and folders (names starting with ".") skipped, ordered by their path relative
-    to `root` (the episode key of the folder sources)."""
+    to `root` (the episode key of the folder sources). A missing folder, a path that is not one,
+    or no such file is a SourceError naming `root` (`folder`: what it is, `kind`: of the files)."""
+    if not root.exists():
+        raise SourceError(f"{root}: {folder} does not exist")
+    if not root.is_dir():
+        raise SourceError(f"{root}: {folder} is not a directory")
     suffixes = {e.lower() for e in extensions}
     files = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
              and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    if not files:
+        raise SourceError(f"{root}: no {kind} files ({', '.join(sorted(suffixes))}) found in the folder")
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

@@ -137,15 +137,7 @@ class ReconSource(Source):
         path = Path(self.params.path)
         if path.is_file():
             return [path]
-        if not path.exists():
-            raise SourceError(f"{path}: RECON folder (or HDF5 file) does not exist")
-        if not path.is_dir():
-            raise SourceError(f"{path}: RECON path is neither a folder nor a file")
-        files = files_under(path, self.params.extensions)
-        if not files:
-            suffixes = sorted({e.lower() for e in self.params.extensions})
-            raise SourceError(f"{path}: no HDF5 files ({', '.join(suffixes)}) found in the folder")
-        return files
+        return files_under(path, self.params.extensions, "RECON folder (or HDF5 file)", "HDF5")
 
     def refs(self) -> list[EpisodeRef]:
         return [EpisodeRef(key=f.relative_to(self.root).as_posix(), origin=str(f)) for f in self._files()]

@@ -176,16 +176,7 @@ class VideoFolderSource(Source):
         self._reference_cache: Sidecar | None = None
 
     def _files(self) -> list[Path]:
-        root = self.root
-        if not root.exists():
-            raise SourceError(f"{root}: video folder does not exist")
-        if not root.is_dir():
-            raise SourceError(f"{root}: video folder path is not a directory")
-        files = files_under(root, self.params.extensions)
-        if not files:
-            suffixes = sorted({e.lower() for e in self.params.extensions})
-            raise SourceError(f"{root}: no video files ({', '.join(suffixes)}) found in the folder")
-        return files
+        return files_under(self.root, self.params.extensions, "video folder", "video")
 
     def refs(self) -> list[EpisodeRef]:
         return [EpisodeRef(key=f.relative_to(self.root).as_posix(), origin=str(f)) for f in self._files()]
