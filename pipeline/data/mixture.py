@@ -32,9 +32,8 @@ SALT = 0x313E7  # keeps the store-choice stream apart from the window permutatio
 
 def store_stats(path) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean (D,), std (D,)) per-channel statistics a feature store was written with."""
-    root = store.open_store(path)
-    return (torch.from_numpy(root["stats/mean"][:].astype(np.float32)),
-            torch.from_numpy(root["stats/std"][:].astype(np.float32)))
+    mean, std = store.token_stats(store.open_store(path))
+    return torch.from_numpy(mean), torch.from_numpy(std)
 
 
 def pooled_stats(stats: list[tuple[torch.Tensor, torch.Tensor]], ratios) -> tuple[torch.Tensor, torch.Tensor]:

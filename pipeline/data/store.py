@@ -145,6 +145,11 @@ def store_attrs(root: zarr.Group) -> dict[str, Any]:
     return dict(root.attrs["dila"])
 
 
+def token_stats(root: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), std (D,)) float32: the per-channel statistics the store was written with."""
+    return root["stats/mean"][:].astype(np.float32), root["stats/std"][:].astype(np.float32)
+
+
 def layout_of(attrs: dict[str, Any]) -> Layout:
     return Layout(**{**attrs["layout"], "grid": tuple(attrs["layout"]["grid"])})
 

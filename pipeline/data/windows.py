@@ -86,8 +86,7 @@ class Windows(Dataset):
             raise store.StoreError(f"{self.path}: the feature store is incomplete (run `dila extract` to finish it)")
         store.require_intact(self.path)
         self.bounds = episode_bounds(root["episode_ends"][:])                    # (E, 2)
-        self.mean = torch.from_numpy(root["stats/mean"][:].astype(np.float32))   # (D,)
-        self.std = torch.from_numpy(root["stats/std"][:].astype(np.float32))     # (D,)
+        self.mean, self.std = (torch.from_numpy(a) for a in store.token_stats(root))  # (D,) each
         self.grid, self.dim = tuple(root["tokens"].shape[1:3]), int(root["tokens"].shape[3])
         # per-frame ground truth is small: read once; the tokens are read per window
         self.actions = root["actions"][:] if "actions" in root else None                        # (F, a)
