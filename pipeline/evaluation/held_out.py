@@ -17,13 +17,24 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.windows import denormalize
+from pipeline.data.windows import Windows, denormalize
 from pipeline.evaluation import metrics as M
 from pipeline.evaluation.clips import rollout_clips
 from pipeline.evaluation.sections import Context, Unavailable, rollout_scores
 from pipeline.training.runs import open_windows
 
 NOT_DECODED = "held-out stores are scored on tokens (the pixel decoder is trained on train.dataset)"
+
+
+def scored_rollouts(ctx: Context, windows: Windows) -> dict[str, Any]:
+    """The rollout section of ctx's model on `windows` (context + horizon frames), in memory: the
+    rollout stage's clips, rounded to float16 as it stores them, scored by `rollout_scores`."""
+    r = ctx.params.rollout
+    rolled = rollout_clips(ctx.model, windows, r.episodes, r.context, ctx.dev)
+    if rolled["predicted"] is None:
+        raise Unavailable(f"variant {ctx.variant!r} has no latent actions to roll out")
+    stored = denormalize(rolled["predicted"], ctx.mean, ctx.std).astype(np.float16)  # (N, H, h, w, D)
+    return rollout_scores(ctx, rolled["truth"], stored)
 
 
 def held_out_section(ctx: Context, name: str, encoder: dict[str, Any] | None) -> dict[str, Any]:
@@ -41,11 +52,9 @@ def held_out_section(ctx: Context, name: str, encoder: dict[str, Any] | None) ->
         if (val.grid, val.dim) != (tuple(cfg.grid), cfg.token_dim):
             raise Unavailable(f"{val.path}: holds a {val.grid} x {val.dim} token grid, the model expects "
                               f"{tuple(cfg.grid)} x {cfg.token_dim}")
-        rolled = rollout_clips(ctx.model, val, r.episodes, r.context, ctx.dev)
-        mean, std = val.mean.numpy(), val.std.numpy()
-        own = dataclasses.replace(ctx, mean=mean, std=std, decode=None, decode_reason=NOT_DECODED, unavailable={})
-        stored = denormalize(rolled["predicted"], mean, std).astype(np.float16)   # (N, H, h, w, D)
-        out = rollout_scores(own, rolled["truth"], stored)
+        own = dataclasses.replace(ctx, mean=val.mean.numpy(), std=val.std.numpy(), decode=None,
+                                  decode_reason=NOT_DECODED, unavailable={})
+        out = scored_rollouts(own, val)
     finally:
         val.close()
     for key, why in own.unavailable.items():                                         # "rollout.ssim" -> ...

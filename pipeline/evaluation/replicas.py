@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from pipeline.data.windows import denormalize
-from pipeline.evaluation.clips import pick, rollout_clips, stack
-from pipeline.evaluation.held_out import held_out_section
-from pipeline.evaluation.sections import Context, Latents, probe_section, rollout_scores, section, \
-    teacher_forced_section
+from pipeline.evaluation.clips import pick, stack
+from pipeline.evaluation.held_out import held_out_section, scored_rollouts
+from pipeline.evaluation.sections import Context, Latents, probe_section, section, teacher_forced_section
 from pipeline.evaluation.seeds import headline
 from pipeline.params import Params
 from pipeline.training.distributed import device
@@ -35,12 +32,7 @@ def replica_headline(params: Params, variant: str) -> tuple[dict[str, float | No
     clips = stack(val, pick(val, tile=False, limit=r.episodes))                   # as evaluate picks them
     ctx = Context(params, variant, model, dev, mean, std, clips, None, NOT_DECODED, {})
     out: dict[str, Any] = {"probe": {}}
-    rolled = rollout_clips(model, long, r.episodes, r.context, dev)
-    if rolled["predicted"] is None:
-        ctx.unavailable["rollout"] = f"variant {variant!r} has no latent actions to roll out"
-    else:
-        stored = denormalize(rolled["predicted"], mean, std).astype(np.float16)  # as the rollout stage stores it
-        out["rollout"] = rollout_scores(ctx, rolled["truth"], stored)
+    section(out, "rollout", lambda: scored_rollouts(ctx, long), ctx.unavailable)
     section(out, "teacher_forced", lambda: teacher_forced_section(ctx), ctx.unavailable)
     cache: dict[str, Latents] = {}
     for name in params.evaluate.probe_datasets:
