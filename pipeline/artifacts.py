@@ -202,9 +202,14 @@ def read_plan(params: Params, variant: str | None = None) -> dict[str, Any]:
 def replica_params(params: Params, variant: str, seed: int) -> Params:
     """params whose models and logs paths lead into the replica of `variant` trained from `seed`,
     so the training and evaluation functions read and write that replica's files alone."""
-    root = Path(params.paths.replicas) / variant / f"seed{seed}"
+    root = replicas_dir(params, variant) / f"seed{seed}"
     paths = dataclasses.replace(params.paths, models=str(root / "models"), logs=str(root / "logs"))
     return dataclasses.replace(params, paths=paths)
+
+
+def replicas_dir(params: Params, variant: str) -> Path:
+    """The folder of `variant`'s replicas (one seed<k>/ each), a declared output even when empty."""
+    return Path(params.paths.replicas) / variant
 
 
 def replicas_path(params: Params, variant: str) -> Path:

@@ -34,8 +34,7 @@ def run(params: Params, variant: str, show_progress: bool = True) -> Path:
             seeds[str(seed)], unavailable[str(seed)] = replica_headline(p, variant)
     out = artifacts.replicas_path(params, variant)
     if d.is_main:
-        # The folder is a declared output even when replicas.seeds is empty (DVC refuses a missing one).
-        (Path(params.paths.replicas) / variant).mkdir(parents=True, exist_ok=True)
+        artifacts.replicas_dir(params, variant).mkdir(parents=True, exist_ok=True)  # declared even with no seeds
         artifacts.write_json(out, {"variant": variant, "dataset": params.train.dataset, "split_seed": params.seed,
                                    "seeds": seeds, "unavailable": unavailable, "code_version": code_version()})
     distributed.barrier(d)
