@@ -5,8 +5,9 @@ through the bottleneck and predicts ŝ_{t+1} = s_t + FDM(s_t, z_t); it also comp
 the structure-side terms of the objective (see losses.py). `NoLatentAction` is the
 "w/o latent action" ablation: no IDM, no FDM, no bottleneck; the decoder gets the
 true next structure s_{t+1}, so the model is a structure/content autoencoder and
-has no actions to infer or roll out. Both map s (B, T, h, w, d_s) to
-(ŝ_{t+1} (B, T-1, h, w, d_s), weighted structure loss, logs).
+has no actions to infer or roll out. Both map s (B, T, h, w, d_s) and the scale of the z
+regularisers (1: the paper's weights; the model's regulariser gate lowers it, losses.py) to
+(ŝ_{t+1} (B, T-1, h, w, d_s), weighted structure loss, logs, z (B, T-1, d_z) or None).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dila_core.bottleneck import BottleneckConfig, build_bottleneck
 from dila_core.collective import gather
 from dila_core.losses import (
     LossConfig,
-    anti_collapse,
+    collapse_term,
     latent_norm,
     latent_std,
     motion_mask,
@@ -42,16 +43,18 @@ class LatentDynamics(nn.Module):
         self.fdm = FDM(fdm, grid, d_s, bottleneck.d_z)
         self.loss = loss
 
-    def forward(self, s: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def forward(self, s: Tensor, reg_scale: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
         ds = transitions(s)                                           # (B, T-1, h, w, d_s)
         r = self.idm(ds)                                              # (B, T-1, in_dim)
         z, loss, logs = self.bottleneck(r)                            # (B, T-1, d_z)
         update = self.fdm(s[:, :-1], z)                               # (B, T-1, h, w, d_s)
-        loss, terms = self.objective(ds, update, self.bottleneck.features(r), loss)
-        return s[:, :-1] + update, loss, {**terms, **logs}
+        loss, terms = self.objective(ds, update, self.bottleneck.features(r), loss, reg_scale)
+        return s[:, :-1] + update, loss, {**terms, **logs}, z
 
-    def objective(self, ds: Tensor, update: Tensor, z: Tensor, loss: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Structure-side terms of the objective, weighted and added to `loss` (the bottleneck's)."""
+    def objective(self, ds: Tensor, update: Tensor, z: Tensor, loss: Tensor,
+                  reg_scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+        """Structure-side terms of the objective, weighted and added to `loss` (the bottleneck's);
+        the z regularisers (everything but L_s) are scaled by `reg_scale`."""
         cfg, features = self.loss, self.bottleneck.features
         ds_fixed = ds.detach()
         z_fwd, z_bwd = features(self.idm(torch.cat([ds_fixed, -ds_fixed]))).chunk(2)
@@ -60,12 +63,13 @@ class LatentDynamics(nn.Module):
         terms = {
             "L_s": F.mse_loss(update, ds),
             "L_z": F.mse_loss(features(self.idm(update)), z.detach()),
-            "L_collapse": anti_collapse(z_all, cfg.collapse_scale, cfg.collapse_sharpness),
+            "L_collapse": collapse_term(z_all, cfg),
             "z_norm": latent_norm(z),
             "L_sym": symmetry_loss(gather(z_fwd), gather(z_bwd), gather(mask), cfg.eps),
         }
-        loss = loss + (cfg.lambda_s * terms["L_s"] + cfg.lambda_z * (terms["L_z"] + terms["L_collapse"])
-                       + cfg.lambda_norm * terms["z_norm"] + cfg.lambda_sym * terms["L_sym"])
+        z_reg = (cfg.lambda_z * (terms["L_z"] + terms["L_collapse"]) + cfg.lambda_norm * terms["z_norm"]
+                 + cfg.lambda_sym * terms["L_sym"])
+        loss = loss + cfg.lambda_s * terms["L_s"] + reg_scale * z_reg
         logs = {name: value.detach() for name, value in terms.items()}
         return loss, {**logs, "z_std": latent_std(z_all).detach(), "motion_frac": mask.mean()}
 
@@ -87,8 +91,8 @@ class LatentDynamics(nn.Module):
 class NoLatentAction(nn.Module):
     """The "w/o latent action" ablation: the decoder sees the true next structure."""
 
-    def forward(self, s: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        return s[:, 1:], s.new_zeros(()), {}
+    def forward(self, s: Tensor, reg_scale: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor], None]:
+        return s[:, 1:], s.new_zeros(()), {}, None
 
     def _none(self, *args) -> Tensor:
         raise ValueError("model variant 'no_latent_action' has no latent actions: infer_actions, rollout, "

@@ -107,6 +107,12 @@ class FLAM(nn.Module):
         self.fdm = PerSlot(cfg.fdm, W, self.d, W, zero_head=True)
         self.decoder = BroadcastDecoder(cfg.decoder, grid, W, cfg.token_dim)
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by module group, named as DiLA's (per-group learning rates): idm (with
+        the bottleneck's), fdm, content (the decoder), structure (the slot encoder)."""
+        return {"idm": [*self.idm.parameters(), *self.bottleneck.parameters()], "fdm": list(self.fdm.parameters()),
+                "content": list(self.decoder.parameters()), "structure": list(self.encoder.parameters())}
+
     @property
     def capabilities(self) -> Capabilities:
         return capabilities(self.cfg)

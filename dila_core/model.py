@@ -28,6 +28,7 @@ verbs keep the module's mode: call them under `model.eval()` and `torch.no_grad(
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from dila_core.content import ContentPathway, MemoryConfig, NoContent, scan
 from dila_core.dynamics import LatentDynamics, NoLatentAction
 from dila_core.fusion import DecoderConfig, FusionDecoder
 from dila_core.layers import ResidualMLP, ResidualMLPConfig
-from dila_core.losses import LossConfig
+from dila_core.losses import LossConfig, gate_scale, motion_weighted_mse, usage_hinge
 from dila_core.st_transformer import SpatioTemporalEncoder, STConfig
 from dila_core.structure import FDMConfig, IDMConfig
 from dila_core.world_model import (
@@ -72,14 +73,44 @@ class DiLAConfig:
     bottleneck: BottleneckConfig
     decoder: DecoderConfig
     loss: LossConfig
+    init: Literal["default", "xavier"] = "default"  # xavier: the reference script's re-init of every Linear
 
     def validate(self, where: str) -> None:
         check_int_tuple(self, where, "grid", length=2)
         check_ints(self, where, "token_dim d_s d_c")
         check_choice(self, where, "variant", VARIANTS)
+        check_choice(self, where, "init", ("default", "xavier"))
         for name in ("st", "structure_encoder", "content_encoder", "memory", "idm", "fdm", "bottleneck",
                      "decoder", "loss"):
             getattr(self, name).validate(f"{where}.{name}" if where else name)
+
+
+class Pass(NamedTuple):
+    """One teacher-forced pass: ê_{1:T}, the weighted structure-side loss and its logs, and what a
+    second decoding under other latent actions reuses (s, the memory, z; z None without actions)."""
+
+    e_next: Tensor             # (B, T-1, h, w, D)
+    loss: Tensor
+    logs: dict[str, Tensor]
+    s: Tensor                  # (B, T, h, w, d_s)
+    memory: list[Tensor]       # [(B, T-1, h, w, d_c)]
+    z: Tensor | None           # (B, T-1, d_z)
+
+
+def xavier_(model: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases on every nn.Linear, with no exemptions (as the
+    reference's training script does after building its model): AdaLN-zero modulations and the
+    FDM's zero head start non-zero."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def other_clips(batch: int, device: torch.device) -> Tensor:
+    """The fixed derangement i -> i - 1 (mod batch) that gives each clip another clip's z."""
+    return torch.roll(torch.arange(batch, device=device), 1)
 
 
 class DiLA(nn.Module):
@@ -96,6 +127,14 @@ class DiLA(nn.Module):
             LatentDynamics(cfg.idm, cfg.fdm, cfg.bottleneck, cfg.loss, grid, cfg.d_s)
         self.decoder = FusionDecoder(cfg.decoder, grid, cfg.d_s, cfg.token_dim,
                                      [cfg.token_dim, *self.content.context_dims])
+        if cfg.init == "xavier":
+            xavier_(self)
+        if cfg.loss.gated and cfg.variant != "no_latent_action":
+            # The z-regulariser gate's state (losses.py): training updates seen, the update it opened
+            # at (-1: closed), the running usage. Buffers, so checkpoints and resumes carry them.
+            self.register_buffer("gate_updates", torch.zeros((), dtype=torch.long))
+            self.register_buffer("gate_open", torch.full((), -1, dtype=torch.long))
+            self.register_buffer("gate_usage", torch.ones(()))
 
     @property
     def capabilities(self) -> Capabilities:
@@ -104,10 +143,46 @@ class DiLA(nn.Module):
     # -- training (the dila_core.world_model interface) -----------------------------------------
     def forward(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Teacher-forced objective on a clip e (B, T >= 2, h, w, D): (loss, logs of every term)."""
-        e_next, loss, logs = self._teacher_forced(e)
-        loss_e = F.mse_loss(e_next, e[:, 1:])
-        loss = self.cfg.loss.lambda_e * loss_e + loss
-        return loss, {"loss": loss.detach(), PREDICTION_LOSS: loss_e.detach(), **logs}
+        cfg = self.cfg.loss
+        gated = hasattr(self, "gate_open")
+        scale = gate_scale(int(self.gate_updates), int(self.gate_open), cfg.reg_ramp) if gated else 1.0
+        p = self._teacher_forced(e, scale)
+        target = e[:, 1:]
+        loss_e = F.mse_loss(p.e_next, target)                        # the plain MSE every family logs
+        fit = motion_weighted_mse(p.e_next, target, e[:, :-1], cfg.motion_weight) if cfg.motion_weight else loss_e
+        loss = cfg.lambda_e * fit + p.loss
+        logs = {PREDICTION_LOSS: loss_e.detach(), **p.logs}
+        measure = gated and self.training and int(self.gate_open) < 0 \
+            and int(self.gate_updates) % cfg.reg_check_every == 0
+        if p.z is not None and e.shape[0] > 1 and (cfg.usage_margin > 0 or measure):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.usage_margin > 0):
+                other = F.mse_loss(self._decode_under(p, e, other_clips(e.shape[0], e.device)), target)
+            if cfg.usage_margin > 0:  # logged every step (a key only some steps log would be mis-averaged)
+                hinge = usage_hinge(loss_e, other, cfg.margin)
+                loss = loss + cfg.usage_margin * hinge
+                logs.update(L_usage=hinge.detach(), usage=(other / loss_e).detach())
+            if measure:
+                self._step_gate(float(other.detach() / loss_e.detach()))
+        if gated:
+            if self.training:
+                self.gate_updates += 1
+                self._step_gate(None)
+            logs.update(reg_scale=torch.tensor(scale), gate_usage=self.gate_usage.clone())
+        return loss, {"loss": loss.detach(), **logs}
+
+    @torch.no_grad()
+    def _step_gate(self, usage: float | None) -> None:
+        """Fold a usage measurement into the running usage, and open the gate when it reaches
+        reg_gate or when reg_after updates are done."""
+        cfg = self.cfg.loss
+        if int(self.gate_open) >= 0:
+            return
+        if usage is not None:
+            self.gate_usage.mul_(0.8).add_(0.2 * usage)  # a running mean over ~5 measurements
+        reached = cfg.reg_gate > 0 and float(self.gate_usage) >= cfg.reg_gate
+        late = cfg.reg_after > 0 and int(self.gate_updates) >= cfg.reg_after
+        if reached or late:
+            self.gate_open.fill_(int(self.gate_updates))
 
     def objective(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Phase 1: the teacher-forced objective (`forward`)."""
@@ -125,10 +200,25 @@ class DiLA(nn.Module):
         loss = self.cfg.loss.lambda_e * loss_e + loss
         return loss, {"loss": loss.detach(), "L_e_rollout": loss_e.detach(), **logs}
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by module group, for per-group learning rates: idm (with the bottleneck's
+        own parameters), fdm, content (content pathway and fusion decoder), structure (ST-Transformer
+        and structure encoder); a group the variant lacks is empty. The reference's optimizer has
+        three: idm + fdm, content, structure."""
+        dyn = self.dynamics
+        has_z = isinstance(dyn, LatentDynamics)
+        groups = {"idm": [*dyn.idm.parameters(), *dyn.bottleneck.parameters()] if has_z else [],
+                  "fdm": list(dyn.fdm.parameters()) if has_z else [],
+                  "content": [*self.content.parameters(), *self.decoder.parameters()],
+                  "structure": [*self.backbone.parameters(), *self.structure.parameters()]}
+        return groups
+
     # -- inference verbs ----------------------------------------------------------------------
-    def predict(self, e: Tensor) -> Tensor:
-        """Teacher-forced predictions ê_1..ê_{T-1} (B, T-1, h, w, D) of a clip e (B, T >= 2, h, w, D)."""
-        return self._teacher_forced(e)[0]
+    def predict(self, e: Tensor, other: Tensor | None = None) -> Tensor:
+        """Teacher-forced predictions ê_1..ê_{T-1} (B, T-1, h, w, D) of a clip e (B, T >= 2, h, w, D);
+        with `other` (B,) indices, each clip i is predicted under the latent actions of clip other[i]."""
+        p = self._teacher_forced(e)
+        return p.e_next if other is None else self._decode_under(p, e, other)
 
     def infer_actions(self, e: Tensor) -> Tensor:
         """Latent actions of a clip: e (B, T >= 2, h, w, D) -> z (B, T-1, d_z)."""
@@ -187,14 +277,22 @@ class DiLA(nn.Module):
         return self._decode(s0, e[:, 0], memory)
 
     # -- internals ------------------------------------------------------------------------------
-    def _teacher_forced(self, e: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """ê_{1:T} (B, T-1, h, w, D), the weighted structure-side loss and its logs."""
+    def _teacher_forced(self, e: Tensor, reg_scale: float = 1.0) -> Pass:
+        """ê_{1:T} (B, T-1, h, w, D), the weighted structure-side loss (z regularisers scaled by
+        reg_scale) and its logs, with s, the memory and z."""
         self._check(e, "e", 2)
         x = self.backbone(e)                                          # (B, T, h, w, W)
         s = self.structure(x)                                         # (B, T, h, w, d_s)
         memory = [m[:, :-1] for m in self.content(x)]                 # [(B, T-1, h, w, d_c)]
-        s_next, loss, logs = self.dynamics(s)                         # (B, T-1, h, w, d_s)
-        return self._decode(s_next, e[:, 0], memory), loss, logs
+        s_next, loss, logs, z = self.dynamics(s, reg_scale)           # (B, T-1, h, w, d_s)
+        return Pass(self._decode(s_next, e[:, 0], memory), loss, logs, s, memory, z)
+
+    def _decode_under(self, p: Pass, e: Tensor, other: Tensor) -> Tensor:
+        """The pass's frames decoded again with clip i's transitions driven by clip other[i]'s z."""
+        if p.z is None:
+            raise ValueError("DiLA: variant 'no_latent_action' has no latent actions to exchange")
+        s = p.s[:, :-1]
+        return self._decode(s + self.dynamics.predict(s, p.z[other]), e[:, 0], p.memory)
 
     def _decode(self, s: Tensor, e0: Tensor, memory: list[Tensor]) -> Tensor:
         """Decoder on s (B, T, h, w, d_s) with e0 (B, h, w, D) and memory [(B, T, h, w, d_c)]."""

@@ -24,7 +24,7 @@ arguments replace top-level fields; a dict replaces fields of a nested config:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 from dila_core.bottleneck import BottleneckConfig
 from dila_core.content import MemoryConfig
@@ -73,14 +73,20 @@ def _bottleneck(kind: str, size: dict[str, Any]) -> BottleneckConfig:
     return BottleneckConfig(kind=kind, d_z=size["d_z"], beta=1e-4)
 
 
-def replace_fields(cfg: Any, overrides: dict[str, Any]) -> Any:
-    """cfg with top-level fields replaced; a dict value replaces fields of that nested config."""
+def replace_fields(cfg: Any, overrides: Mapping[str, Any], where: str = "") -> Any:
+    """cfg with fields replaced; a mapping value replaces fields of that nested config (at any
+    depth), a list becomes a tuple. Unknown fields raise ValueError naming their path."""
     fields = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"preset: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
-    nested = {k: dataclasses.replace(getattr(cfg, k), **v) for k, v in overrides.items() if isinstance(v, dict)}
-    return dataclasses.replace(cfg, **{**overrides, **nested})
+        raise ValueError(f"preset: unknown field {where}{unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
+
+    def value(name: str, v: Any) -> Any:
+        if isinstance(v, Mapping) and dataclasses.is_dataclass(getattr(cfg, name)):
+            return replace_fields(getattr(cfg, name), v, f"{where}{name}.")
+        return tuple(v) if isinstance(v, list) else v
+
+    return dataclasses.replace(cfg, **{k: value(k, v) for k, v in overrides.items()})
 
 
 def preset(name: str, variant: str = "dila", bottleneck: str = "continuous",

@@ -122,7 +122,10 @@ class VariantParams:
     weight), `l1` and `vcm` (sparse: sparsity and variance-covariance-mean weights) are the
     bottleneck's regulariser weights; a bottleneck ignores the ones it does not have. `slots` is
     the number of scene factors K of a factored family (FLAM; each slot gets d_z / K of the latent
-    action); families without slots ignore it (`Family.params` lists what a family takes)."""
+    action); families without slots ignore it (`Family.params` lists what a family takes).
+    `config` replaces fields of the family's preset config, nested as the config nests them (DiLA:
+    `{loss: {lambda_z: 0.0}, init: xavier}`; dila_core.presets, README "Training devices"); the
+    family's config checks them when the model is built."""
 
     family: str = "dila"
     variant: str = "dila"
@@ -131,6 +134,7 @@ class VariantParams:
     l1: float = 1e-2
     vcm: float = 1e-2
     slots: int = 4
+    config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def validate(self, where: str) -> None:
         for name in ("beta", "l1", "vcm"):
@@ -141,15 +145,21 @@ class VariantParams:
 
 @dataclass(frozen=True)
 class OptimParams:
-    """AdamW with gradient clipping and an optional schedule (cosine decays to 0 after warm-up)."""
+    """AdamW with gradient clipping and an optional schedule (cosine decays to 0 after warm-up).
+    lr_scale: {group: factor}, the learning rate of a parameter group of the model (DiLA: idm,
+    fdm, content, structure; see its `param_groups`) as a multiple of lr; unnamed groups use lr."""
 
     lr: float = 3e-4
     weight_decay: float = 1e-5
     grad_clip: float = 6.0
     schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = 0
+    lr_scale: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def validate(self, where: str) -> None:
+        for name, factor in self.lr_scale.items():
+            check(isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0,
+                  f"{where}.lr_scale.{name}", factor, "a finite number > 0")
         check(self.lr > 0, f"{where}.lr", self.lr, "a number > 0")
         check(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "a number >= 0")
         check(self.grad_clip > 0, f"{where}.grad_clip", self.grad_clip, "a number > 0")

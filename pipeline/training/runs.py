@@ -56,10 +56,14 @@ def model_config(params: Params, variant: str, grid: tuple[int, int], dim: int):
     fam = check_variant(params, variant)
     weights = {"beta": v.beta, "l1": v.l1, "vcm": v.vcm}  # the bottleneck's regulariser weights
     extra = {name: getattr(v, name) for name in fam.params}  # e.g. FLAM's slots
+    fixed = sorted(set(v.config) & {"grid", "token_dim", "variant", "bottleneck", *fam.params})
+    if fixed:
+        raise ParamsError(f"variants.{variant}.config.{fixed[0]}: set by the store or by variants.{variant} "
+                          "itself, not by config")
     try:
         return fam.build_config(params.model.preset, v.variant, v.bottleneck, weights, grid=grid, token_dim=dim,
-                                **extra)
-    except ValueError as err:  # a config the family refuses (e.g. slots not dividing d_z) names the variant
+                                **extra, **to_dict(v.config))
+    except (ValueError, TypeError) as err:  # a config the family refuses (e.g. slots not dividing d_z)
         raise ParamsError(f"variants.{variant}: {err}") from err
 
 

@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +48,7 @@ from pipeline.data.windows import (
     fixed_windows,
     loader,
 )
+from pipeline.config import ParamsError, to_dict
 from pipeline.params import OptimParams
 from pipeline.training.checkpoint import CheckpointError
 from pipeline.training.distributed import Dist, barrier
@@ -88,9 +89,22 @@ def lr_factor(optim: OptimParams, steps: int, k: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def param_groups(model: nn.Module, optim: OptimParams) -> list[dict]:
+    """AdamW's parameter groups: one group of every parameter at optim.lr, or with optim.lr_scale the
+    model's named groups (`model.param_groups()`), each at lr times its factor (1 where unnamed)."""
+    if not optim.lr_scale:
+        return [{"params": list(model.parameters())}]
+    groups = model.param_groups() if hasattr(model, "param_groups") else {}
+    for name in optim.lr_scale:
+        if name not in groups:
+            raise ParamsError(f"params: optim.lr_scale.{name}: the model ({type(model).__name__}) has no parameter "
+                              f"group {name!r} (its groups: {', '.join(groups) or 'none'})")
+    return [{"params": ps, "lr": optim.lr * optim.lr_scale.get(name, 1.0)} for name, ps in groups.items() if ps]
+
+
 def build_optimizer(model: nn.Module, optim: OptimParams, steps: int):
-    """AdamW and its LR schedule (stepped once per update)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    """AdamW and its LR schedule (stepped once per update; it scales every group's own lr)."""
+    opt = torch.optim.AdamW(param_groups(model, optim), lr=optim.lr, weight_decay=optim.weight_decay)
 
     def factor(k: int) -> float:  # a plain function: LambdaLR leaves it out of its state dict
         return lr_factor(optim, steps, k)
@@ -298,7 +312,7 @@ class Trainer:
     def __init__(self, model: nn.Module, spec: TrainSpec, files: RunFiles, plan: dict, d: Dist,
                  objective: nn.Module | None = None):
         self.model, self.spec, self.files, self.d = model.to(d.device).train(), spec, files, d
-        self.plan = {**plan, "spec": asdict(spec), "world": d.world}
+        self.plan = {**plan, "spec": to_dict(spec), "world": d.world}
         self.opt, self.sched = build_optimizer(model, spec.optim, spec.steps)
         self.meter, self.notes = Meter(), {}
         self.start = load_state(files.state, model, self.opt, self.sched, self.plan, d, self.meter, self.notes)
