@@ -9,7 +9,8 @@ does not re-run extraction.
 With `strict: true` the first bad episode stops the stage.
 
 Params that name something the data lacks (a LeRobot camera, action key or label)
-stop the stage before any episode is read (`Source.check_params`). With `resize: null`
+stop the stage before any episode is read (`Source.check_params`); defaults the user
+did not set that the data lacks are printed as notes (`Source.notes`). With `resize: null`
 every episode must decode at one size (the encoder's batches mix episodes), else the
 stage stops asking for `resize`. When no episode can be read, the manifest is still
 written, listing every episode with its reason, and the stage stops with that list.
@@ -82,6 +83,8 @@ def run(params: Params, name: str, show_progress: bool = True) -> dict[str, Any]
     ds = params.dataset(name)
     source = build_source(ds)
     source.check_params(f"datasets.{name}")
+    for note in source.notes(f"datasets.{name}"):
+        print(f"prepare {name}: note: {note}", flush=True)
     refs = source.refs()
     episodes, failures, sizes = [], [], {}
     results = _count_all(ds, refs, params.decode.workers, show_progress)

@@ -206,13 +206,14 @@ def _episode_tables(episode_lengths, action_dim, state_dim):
     return actions, states
 
 
-def _info(version, fps, size, cameras, action_dim, state_dim, lengths, data_path, video_path, action="action") -> dict:
+def _info(version, fps, size, cameras, action_dim, state_dim, lengths, data_path, video_path, action="action",
+          state="observation.state") -> dict:
     video_info = {"video.fps": fps, "video.codec": "h264", "video.pix_fmt": "yuv420p"}
     features = {
         cam: {"dtype": "video", "shape": [*size, 3], "names": ["height", "width", "channel"], "info": video_info}
         for cam in cameras
     }
-    features["observation.state"] = {"dtype": "float32", "shape": [state_dim], "names": None}
+    features[state] = {"dtype": "float32", "shape": [state_dim], "names": None}
     features[action] = {"dtype": "float32", "shape": [action_dim], "names": None}
     scalars = [("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
                ("index", "int64"), ("task_index", "int64")]
@@ -234,13 +235,13 @@ def _info(version, fps, size, cameras, action_dim, state_dim, lengths, data_path
 
 
 def _data_table(episode_index: int, first_row: int, actions: np.ndarray, states: np.ndarray, fps: int,
-                action: str = "action"):
+                action: str = "action", state: str = "observation.state"):
     import pyarrow as pa
 
     n, action_dim = actions.shape
     return pa.table({
         action: pa.FixedSizeListArray.from_arrays(pa.array(actions.reshape(-1)), action_dim),
-        "observation.state": pa.array(list(states), type=pa.list_(pa.float32())),
+        state: pa.array(list(states), type=pa.list_(pa.float32())),
         "timestamp": pa.array(np.arange(n, dtype=np.float32) / fps),
         "frame_index": pa.array(np.arange(n, dtype=np.int64)),
         "episode_index": pa.array(np.full(n, episode_index, np.int64)),
@@ -259,12 +260,14 @@ def make_lerobot_v2(
     action_dim: int = 2,
     state_dim: int = 3,
     video_lengths: Sequence[int] | None = None,
+    state: str = "observation.state",
 ) -> LeRobotFixture:
     """A LeRobot v2.x folder: one parquet per episode, one mp4 per episode per camera.
 
     video_lengths (default: the episode lengths) lets a video hold a different number
     of frames than its parquet has rows. Episode e's video shows the colours of its
-    global row indices (salt = camera position).
+    global row indices (salt = camera position). state: the name of the state feature
+    and column (some datasets call it `state`).
     """
     import pyarrow.parquet as pq
 
@@ -272,14 +275,15 @@ def make_lerobot_v2(
     video_lengths = list(video_lengths or episode_lengths)
     data_path = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
     video_path = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
-    info = _info(version, fps, size, cameras, action_dim, state_dim, episode_lengths, data_path, video_path)
+    info = _info(version, fps, size, cameras, action_dim, state_dim, episode_lengths, data_path, video_path,
+                 state=state)
     _write_json(root / "meta" / "info.json", info)
     actions, states = _episode_tables(episode_lengths, action_dim, state_dim)
     episodes, frame_ids, offset = [], [], 0
     for e, length in enumerate(episode_lengths):
         out = root / data_path.format(episode_chunk=0, episode_index=e)
         out.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_data_table(e, offset, actions[e], states[e], fps), out)
+        pq.write_table(_data_table(e, offset, actions[e], states[e], fps, state=state), out)
         ids = np.arange(offset, offset + video_lengths[e])
         for c, cam in enumerate(cameras):
             write_video(root / video_path.format(episode_chunk=0, video_key=cam, episode_index=e),
@@ -304,13 +308,14 @@ def make_lerobot_v3(
     video_lengths: Sequence[int] | None = None,
     action: str = "action",
     inclusive_to: bool = False,
+    state: str = "observation.state",
 ) -> LeRobotFixture:
     """A LeRobot v3.0 folder: episodes concatenated `episodes_per_file` at a time into
     data/chunk-000/file-XXX.parquet and videos/<camera>/chunk-000/file-XXX.mp4, with
     per-episode rows (row range, file indices, from/to timestamps) in
     meta/episodes/chunk-000/file-XXX.parquet.
 
-    action: the name of the action feature and column. inclusive_to: store each
+    action, state: the names of the action and state features and columns. inclusive_to: store each
     episode's to_timestamp as the time of its last frame, as some published datasets
     do, instead of one frame interval past it."""
     import pyarrow as pa
@@ -320,14 +325,15 @@ def make_lerobot_v3(
     video_lengths = list(video_lengths or episode_lengths)
     data_path = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     video_path = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-    info = _info("v3.0", fps, size, cameras, action_dim, state_dim, episode_lengths, data_path, video_path, action)
+    info = _info("v3.0", fps, size, cameras, action_dim, state_dim, episode_lengths, data_path, video_path, action,
+                 state)
     _write_json(root / "meta" / "info.json", info)
     actions, states = _episode_tables(episode_lengths, action_dim, state_dim)
     starts = np.concatenate([[0], np.cumsum(episode_lengths)]).astype(int)
     frame_ids = [np.arange(starts[e], starts[e] + video_lengths[e]) for e in range(len(episode_lengths))]
     for f, first in enumerate(range(0, len(episode_lengths), episodes_per_file)):
         members = list(range(first, min(first + episodes_per_file, len(episode_lengths))))
-        tables = [_data_table(e, int(starts[e]), actions[e], states[e], fps, action) for e in members]
+        tables = [_data_table(e, int(starts[e]), actions[e], states[e], fps, action, state) for e in members]
         out = root / data_path.format(chunk_index=0, file_index=f)
         out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.concat_tables(tables), out)

@@ -11,6 +11,8 @@ from pipeline.config import ParamsError, build
 from pipeline.data.sources import build_source, params_class
 from pipeline.data.sources.base import EpisodeError, LabelSpec, SourceError
 from pipeline.data.sources.lerobot import LeRobotParams, LeRobotSource
+from stages import prepare
+from tests.conftest import make_params
 from tests.pipeline.media import (
     COLOR_TOLERANCE,
     expected_colors,
@@ -47,7 +49,7 @@ def test_params_and_registry(dataset):
     params = build(LeRobotParams, {"kind": "lerobot", "path": str(dataset.root)}, "d")
     assert params_class("lerobot") is LeRobotParams
     assert isinstance(build_source(params), LeRobotSource)
-    assert params.camera is None and params.action_key == "action" and params.labels == ("observation.state",)
+    assert params.camera is None and params.action_key == "action" and params.labels is None  # the usual ones
     with pytest.raises(ParamsError, match="d.labels"):
         build(LeRobotParams, {"kind": "lerobot", "path": "x", "labels": ["action"]}, "d")
 
@@ -208,14 +210,15 @@ def test_an_episode_lacking_a_frame_mid_file_is_a_mismatch_not_a_shift(tmp_path,
 def test_wrong_keys_are_params_errors_listing_what_the_dataset_has(tmp_path):
     make_lerobot_v3(tmp_path, (4, 3), action="actions", cameras=(TOP,))
     columns = "['actions', 'observation.state', 'timestamp', 'frame_index', 'episode_index', 'index', 'task_index']"
+    data = tmp_path / "data" / "chunk-000" / "file-000.parquet"
     with pytest.raises(ParamsError) as err:
         source(tmp_path).check_params("datasets.robot")
     assert str(err.value) == ("params: datasets.robot.action_key = 'action' is not allowed: expected null or one of "
-                              f"the dataset's columns: {columns}")
+                              f"the dataset's columns: {columns} (those of {data})")
     with pytest.raises(ParamsError) as err:
         source(tmp_path, action_key="actions", labels=["observation.effort"]).check_params("datasets.robot")
     assert str(err.value) == ("params: datasets.robot.labels[0] = 'observation.effort' is not allowed: expected one of "
-                              f"the dataset's columns: {columns}")
+                              f"the dataset's columns: {columns} (those of {data})")
     with pytest.raises(ParamsError) as err:
         source(tmp_path, action_key="actions", camera=WRIST).check_params("datasets.robot")
     assert str(err.value) == (f"params: datasets.robot.camera = '{WRIST}' is not allowed: expected null or one of "
@@ -259,3 +262,45 @@ def test_a_column_missing_from_one_file_is_that_episodes_reason(tmp_path):
     assert err.value.origin == str(parquet)
     assert err.value.reason == ("no column(s) ['observation.state'] in this parquet file (its columns: ['action', "
                                 "'timestamp', 'frame_index', 'episode_index', 'index', 'task_index'])")
+
+
+def test_a_dataset_whose_state_is_not_observation_state_prepares_without_it_with_a_note(tmp_path, capsys):
+    fixture = make_lerobot_v3(tmp_path / "robot", (4, 3), cameras=(TOP,), state="state")
+    src = source(fixture.root)
+    src.check_params("datasets.robot")  # labels left unset: the default label it lacks is no error
+    note = (f"datasets.robot.labels is not set and {fixture.root / 'meta' / 'info.json'} has no feature "
+            "'observation.state': skipped (set datasets.robot.labels to name the features to store as labels)")
+    assert src.notes("datasets.robot") == [note]
+    assert src.schema().labels == {}
+    ep = src.load(src.refs()[1])
+    assert ep.labels == {}
+    np.testing.assert_array_equal(ep.actions, fixture.actions[1])
+    named = source(fixture.root, labels=["state"])  # the label asked for by its own name is read
+    named.check_params("datasets.robot")
+    assert named.notes("datasets.robot") == []
+    np.testing.assert_array_equal(named.load(named.refs()[1]).labels["state"], fixture.states[1])
+    params = make_params(tmp_path, "datasets.robot.kind=lerobot", f"datasets.robot.path={fixture.root}")
+    manifest = prepare.run(params, "robot", show_progress=False)
+    assert [e["frames"] for e in manifest["episodes"]] == [4, 3] and manifest["schema"]["labels"] == {}
+    assert capsys.readouterr().out.splitlines().count(f"prepare robot: note: {note}") == 1
+
+
+def test_a_dataset_with_observation_state_stores_it_without_a_note(dataset):
+    src = source(dataset.root)
+    assert src.labels == ("observation.state",) and src.notes("datasets.robot") == []
+    assert source(dataset.root, labels=[]).schema().labels == {}  # [] asks for none
+
+
+def test_a_label_asked_for_that_the_dataset_lacks_is_an_error_naming_the_column_and_the_file(tmp_path):
+    fixture = make_lerobot_v3(tmp_path / "robot", (4, 3), cameras=(TOP,), state="state")
+    data = fixture.root / "data" / "chunk-000" / "file-000.parquet"
+    params = make_params(tmp_path, "datasets.robot.kind=lerobot", f"datasets.robot.path={fixture.root}",
+                         "datasets.robot.labels=[observation.state]")
+    with pytest.raises(ParamsError) as err:
+        prepare.run(params, "robot", show_progress=False)
+    message = str(err.value)
+    assert message.startswith("params: datasets.robot.labels[0] = 'observation.state' is not allowed: expected one "
+                              "of the dataset's columns: ['action', 'state', ")
+    assert message.endswith(f"(those of {data})")
+    with pytest.raises(SourceError, match=r"info.json: no feature 'observation.state'"):
+        source(fixture.root, labels=["observation.state"]).schema()

@@ -172,3 +172,36 @@ def test_real_pusht_store_read_in_place():
     np.testing.assert_array_equal(last.actions, actions[ends[-2] : ends[-2] + 4])
     assert src.fingerprint() == fingerprint
     assert before == {f: f.stat().st_mtime_ns for f in REAL.rglob("*") if f.is_file()}
+
+
+def test_an_absent_store_stops_prepare_saying_where_push_t_comes_from_and_how_to_drop_it(tmp_path):
+    absent = tmp_path / "pusht_cchi_v7_replay.zarr"
+    with pytest.raises(SourceError) as err:
+        source(absent).check_params("datasets.pusht")
+    message = str(err.value)
+    assert message.startswith(f"{absent}: no replay buffer here (the path datasets.pusht.path gives)")
+    for needed in ("pusht_cchi_v7_replay.zarr", "diffusion-policy", "MIT licence", "pusht.zip",
+                   "set datasets.pusht.path to the .zarr folder", "remove the `pusht` entry from `datasets:`",
+                   "and `pusht` from `evaluate.probe_datasets`"):
+        assert needed in message, needed
+    make_pusht_zarr(absent, LENGTHS, size=8)
+    source(absent).check_params("datasets.pusht")  # there: nothing to say
+
+
+def test_the_advice_to_drop_push_t_is_complete_for_the_default_job():
+    """Removing pusht where the error says is all the default params need (every other key that names a
+    dataset leaves it out), and dvc.yaml names no dataset: its per-dataset stages come from `datasets:`."""
+    import yaml
+
+    from pipeline.params import parse_params
+
+    root = Path(__file__).resolve().parents[2]
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    del raw["datasets"]["pusht"]
+    raw["evaluate"]["probe_datasets"].remove("pusht")
+    params = parse_params(raw)
+    assert "pusht" not in params.datasets and params.train.dataset != "pusht"
+    named = [*params.train.mixture, *params.budget.frames, *params.evaluate.held_out]
+    assert "pusht" not in named
+    dvc = (root / "dvc.yaml").read_text().replace("pusht_sim.py", "")
+    assert "pusht" not in dvc

@@ -172,6 +172,12 @@ class Source(abc.ABC):
         """Raise ParamsError (naming `where`.key) for a param that names something the data does not
         have, before any episode is read. Sources whose params name nothing in the data keep this."""
 
+    def notes(self, where: str) -> list[str]:
+        """One-line notes for the user about defaults (params they did not set) that this data could
+        meet only in part, e.g. a default label it lacks and that is skipped; `where` is the
+        dataset's params key. Empty for most sources."""
+        return []
+
     # -- ground truth: what the source knows about its episodes beyond the frames ----------------
     # Evaluation asks these instead of knowing any source's internals. The defaults know only
     # the stored actions.

@@ -24,6 +24,11 @@ templates do not always match the folders). `check_params` catches, once and bef
 any episode is read, a camera, action key or label the dataset does not have and a
 template that matches no file, naming the key and what the dataset has.
 
+Labels the user names (`labels: [...]`) must all be there. Left unset (`labels: null`),
+they are the usual ones (DEFAULT_LABELS) that the dataset has: datasets name their
+state differently (`observation.state`, `state`, none at all), and a default the user
+never wrote must not stop `prepare`; `notes` names the ones skipped.
+
 Actions and labels are the episode's parquet rows ordered by `frame_index`, which
 must run 0..n-1; row i goes with the i-th decoded frame, and the number of decoded
 frames must equal the number of rows ("frame-count mismatch" otherwise).
@@ -64,13 +69,16 @@ from pipeline.data.sources.video import TimeWindow, decode
 
 V2_VERSIONS = ("v2.0", "v2.1")
 V3_VERSIONS = ("v3.0",)
+DEFAULT_LABELS = ("observation.state",)  # read where present when `labels` is left unset
 
 
 @dataclass(frozen=True)
 class LeRobotParams(DatasetParams):
     """camera: the video feature to read (null: the first video feature in info.json).
     action_key: the feature holding actions, or null for none.
-    labels: features stored as per-frame labels under their own names.
+    labels: features stored as per-frame labels under their own names, each of which the
+        dataset must have ([] for none); null (the default): those of DEFAULT_LABELS
+        (observation.state) the dataset has, the others skipped with a note.
     decoder: "auto" (decord, PyAV where decord cannot read a file), "decord" or "pyav".
     data_path, video_path: templates that replace info.json's (null: info.json's), with
         the same fields, e.g. "video/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4".
@@ -78,7 +86,7 @@ class LeRobotParams(DatasetParams):
 
     camera: str | None = None
     action_key: str | None = "action"
-    labels: tuple[str, ...] = ("observation.state",)
+    labels: tuple[str, ...] | None = None
     decoder: Literal["auto", "decord", "pyav"] = "auto"
     data_path: str | None = None
     video_path: str | None = None
@@ -88,8 +96,10 @@ class LeRobotParams(DatasetParams):
         check(self.kind == "lerobot", f"{where}.kind", self.kind, "'lerobot'")
         for key in ("data_path", "video_path"):
             check(getattr(self, key) != "", f"{where}.{key}", getattr(self, key), "null or a path template")
-        check(len(set(self.labels)) == len(self.labels), f"{where}.labels", self.labels, "distinct feature names")
-        check(self.action_key not in self.labels, f"{where}.labels", self.labels, "features other than action_key")
+        if self.labels is not None:
+            check(len(set(self.labels)) == len(self.labels), f"{where}.labels", self.labels, "distinct feature names")
+            check(self.action_key not in self.labels, f"{where}.labels", self.labels,
+                  "features other than action_key")
 
 
 @dataclass(frozen=True)
@@ -156,11 +166,34 @@ class LeRobotSource(Source):
             raise SourceError(f"{where}: feature {name!r} has dtype {dtype!r}, not a numeric array") from None
         return tuple(int(s) for s in feature.get("shape", [1])), str(dtype)
 
+    @functools.cached_property
+    def labels(self) -> tuple[str, ...]:
+        """The label features read: the ones the user named, or (labels: null) those of DEFAULT_LABELS
+        that info.json lists, so that a dataset without them still prepares."""
+        if self.params.labels is not None:
+            return self.params.labels
+        return tuple(name for name in self._default_labels() if name in self.info["features"])
+
+    def _default_labels(self) -> tuple[str, ...]:
+        return tuple(name for name in DEFAULT_LABELS if name != self.params.action_key)
+
+    def notes(self, where: str) -> list[str]:
+        """One line naming the default labels this dataset lacks (skipped, not an error: the user never
+        asked for them)."""
+        if self.params.labels is not None:
+            return []
+        skipped = [name for name in self._default_labels() if name not in self.labels]
+        if not skipped:
+            return []
+        return [f"{where}.labels is not set and {self.root / 'meta' / 'info.json'} has no feature "
+                f"{', '.join(map(repr, skipped))}: skipped "
+                f"(set {where}.labels to name the features to store as labels)"]
+
     def schema(self) -> Schema:
         action_dim = None
         if self.params.action_key is not None:
             action_dim = math.prod(self._feature(self.params.action_key)[0])
-        labels = {name: LabelSpec(*self._feature(name)) for name in self.params.labels}
+        labels = {name: LabelSpec(*self._feature(name)) for name in self.labels}
         return Schema(action_dim=action_dim, labels=labels)
 
     @functools.cached_property
@@ -264,7 +297,7 @@ class LeRobotSource(Source):
 
     def _rows(self, ep: _EpisodeFiles) -> tuple[np.ndarray | None, dict[str, np.ndarray], int]:
         """Actions, labels and row count of the episode, ordered by frame_index."""
-        wanted = ([self.params.action_key] if self.params.action_key else []) + list(self.params.labels)
+        wanted = ([self.params.action_key] if self.params.action_key else []) + list(self.labels)
         columns = ["frame_index", *wanted] + (["episode_index"] if ep.window is not None else [])
         try:
             names = pq.read_schema(ep.data).names

@@ -1,10 +1,12 @@
 """The params of a LeRobot dataset checked against the dataset, once, before any episode is read.
 
 A key that names something the dataset lacks (a camera, the action column, a label
-column) would otherwise fail every episode with the same reason; it is a ParamsError
-naming the key and listing what the dataset has. A path template (info.json's, or the
-`data_path` / `video_path` param) that finds none of the dataset's files is a
-SourceError showing the template, the path it gives and what exists near that path.
+column the user asked for) would otherwise fail every episode with the same reason; it is
+a ParamsError naming the key, the file read and what the dataset has. Labels left unset
+(null) are only those the dataset has (`LeRobotSource.labels`), so they never fail here.
+A path template (info.json's, or the `data_path` / `video_path` param) that finds none
+of the dataset's files is a SourceError showing the template, the path it gives and what
+exists near that path.
 """
 from __future__ import annotations
 
@@ -39,22 +41,23 @@ def check_params(source: LeRobotSource, where: str, v2: bool) -> None:
               f"null or one of the dataset's cameras (its video features): {videos}")
     for key in ("data_path", "video_path"):
         _check_template(source, key, where, FIELDS["v2" if v2 else "v3", key])
-    columns = _columns(source)
+    data, columns = _columns(source)
     if params.action_key is not None:
         check(params.action_key in columns, f"{where}.action_key", params.action_key,
-              f"null or one of the dataset's columns: {columns}")
-    for i, name in enumerate(params.labels):
-        check(name in columns, f"{where}.labels[{i}]", name, f"one of the dataset's columns: {columns}")
+              f"null or one of the dataset's columns: {columns} (those of {data})")
+    for i, name in enumerate(params.labels or ()):  # null: only the default labels the dataset has
+        check(name in columns, f"{where}.labels[{i}]", name,
+              f"one of the dataset's columns: {columns} (those of {data})")
 
 
-def _columns(source: LeRobotSource) -> list[str]:
-    """The features (of info.json) that are columns of the first episode's parquet file, in its order."""
+def _columns(source: LeRobotSource) -> tuple[Path, list[str]]:
+    """The first episode's parquet file, and the features (of info.json) that are its columns, in its order."""
     data = next(iter(source.episodes.values())).data
     try:
         names = pq.read_schema(data).names
     except (pa.ArrowException, OSError) as err:
         raise SourceError(f"{data}: cannot read the parquet file ({err})") from err
-    return [c for c in names if source.info["features"].get(c, {}).get("dtype") not in (None, "video")]
+    return data, [c for c in names if source.info["features"].get(c, {}).get("dtype") not in (None, "video")]
 
 
 def _check_template(source: LeRobotSource, key: str, where: str, fields: str) -> None:

@@ -33,6 +33,7 @@ from pipeline.data.sources.base import (
 )
 
 _METADATA_FILES = {".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json"}
+PUSHT_URL = "https://diffusion-policy.cs.columbia.edu/data/training/pusht.zip"  # holds pusht_cchi_v7_replay.zarr
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,18 @@ class PushTParams(DatasetParams):
 
 def label_name(key: str) -> str:
     return key.rstrip("/").rsplit("/", 1)[-1]
+
+
+def absent_store(root: Path, where: str) -> str:
+    """The error for a replay buffer that is not at `root` (`where`: the dataset's params key): where
+    Push-T's comes from, and every params key to drop the dataset from (those `Params.check_references`
+    checks; the default params name it in `datasets:` and `evaluate.probe_datasets` only)."""
+    name = where.removeprefix("datasets.")
+    return (f"{root}: no replay buffer here (the path {where}.path gives). Push-T's is pusht_cchi_v7_replay.zarr, "
+            f"the Push-T demonstrations of the diffusion-policy project (Chi et al., MIT licence), in {PUSHT_URL}: "
+            f"unzip it and set {where}.path to the .zarr folder, or put the folder at this path. To run without it, "
+            f"remove the `{name}` entry from `datasets:` and `{name}` from `evaluate.probe_datasets` in the params "
+            f"file (and from train.dataset, train.mixture, evaluate.held_out and budget.frames where it is named)")
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,12 @@ class PushTSource(Source):
         if not 0 <= e < len(ends):
             raise EpisodeError(ref.origin, f"episode {e} is out of range (the store has {len(ends)})")
         return (0 if e == 0 else int(ends[e - 1])), int(ends[e])
+
+    def check_params(self, where: str) -> None:
+        """A store that is not there stops `prepare` saying where the data comes from and how to run
+        without it: on a fresh clone the default job's Push-T probe is the one dataset not generated here."""
+        if not self.root.exists():
+            raise SourceError(absent_store(self.root, where))
 
     def refs(self) -> list[EpisodeRef]:
         return [EpisodeRef(key=f"episode_{e:06d}", origin=f"{self.root}#episode_{e:06d}")
