@@ -62,3 +62,9 @@ def check_int_tuple(cfg: Any, where: str, name: str, length: int | None = None, 
     ok = ok and (length is None or len(value) == length)
     size = f"{length} " if length is not None else "1 or more "
     require(ok, where, name, value, f"a list of {size}integers >= {low}")
+
+
+def check_bool(cfg: Any, where: str, name: str) -> None:
+    """Field `name` of `cfg` is True or False."""
+    value = getattr(cfg, name)
+    require(isinstance(value, bool), where, name, value, "true or false")

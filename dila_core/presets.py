@@ -13,6 +13,12 @@
   baseline, which this residual starts from.
 - ``tiny``: for tests and CI, on 4 x 4 x 32 tokens.
 
+`reference_switches(cfg)` sets every architecture switch to the authors' reference code
+(needs the ST-Transformer's and decoder's width equal to token_dim: `paper`, `tiny`). On
+`paper` it has 122,080,024 parameters, 926,016 (0.75%) fewer than the reference: ST-Transformer
+50,598,432, IDM 36,022,208, FDM 8,247,232, encoders + memory + decoder 27,212,152;
+tests/dila_core/test_presets.py accounts for the differences layer by layer.
+
 `variant` selects DiLA or a pathway ablation ("no_content" raises the structure
 size 4x, the paper's 32 -> 128; "no_latent_action"); `bottleneck` selects the
 latent-action bottleneck ("continuous", "gaussian" with β = 1e-4, "sparse" with l1 = vcm =
@@ -113,3 +119,17 @@ def preset(name: str, variant: str = "dila", bottleneck: str = "continuous",
     cfg = replace_fields(cfg, overrides)
     cfg.validate(f"preset:{name}")
     return cfg
+
+
+def reference_switches(cfg: DiLAConfig) -> DiLAConfig:
+    """cfg with every architecture switch set the way the authors' reference code builds the model
+    (README "Deviations from the reference code"; module docstrings give each switch). Needs the
+    ST-Transformer's and the decoder's width equal to token_dim (true of `paper` and `tiny`)."""
+    return replace_fields(cfg, {
+        "st": {"layout": "space-then-time", "proj_in": False, "attention": "cosine", "peg": "layer",
+               "dropout": 0.1, "attention_dropout": False},
+        "idm": {"head_dropout": 0.1},
+        "fdm": {"z_path": "layernorm", "st": {"dropout": 0.1}},
+        "decoder": {"fusion": "parallel", "skip": "none", "position": "causal_peg", "null_kv": 2,
+                    "cross_bias": False, "output": "norm", "dropout": 0.1, "attention_dropout": False},
+    })

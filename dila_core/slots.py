@@ -29,7 +29,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from dila_core.attention import Attention, time_attention
+from dila_core.attention import Attention, NoPosition, time_attention
 from dila_core.config import check_choice, check_ints, require
 from dila_core.layers import GEGLU, ResidualMLP, ResidualMLPConfig, SelfBranch, Sublayer
 
@@ -181,13 +181,6 @@ class SlotEncoder(nn.Module):
         return self.temporal(u), u, masks
 
 
-class NoPosition(nn.Module):
-    """Slots are a set: queries and keys pass unchanged, no bias (the `Attention` position slot)."""
-
-    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, None]:
-        return q, k, None
-
-
 class SlotBlock(nn.Module):
     """Queries x (M, K, C) attend to the slots (M, K, W) of their frame, then a GEGLU FFN; pre-LN residual."""
 
@@ -196,7 +189,7 @@ class SlotBlock(nn.Module):
         C = cfg.width
         self.norm = nn.LayerNorm(C)
         self.context_norm = nn.LayerNorm(slot_width)
-        self.attention = Attention(C, cfg.heads, cfg.head_dim, NoPosition(), context_dim=slot_width)
+        self.attention = Attention(C, cfg.heads, cfg.head_dim, NoPosition(), context_dim=slot_width)  # a set
         self.ffn = Sublayer(C, GEGLU(C, cfg.ffn_hidden))
 
     def forward(self, x: Tensor, slots: Tensor) -> Tensor:

@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from dila_core.attention import (
+    COSINE_SCALE,
     Attention,
+    CosineNorm,
+    NoPosition,
     Rotary,
     SpatialBias,
     rotate,
@@ -150,3 +153,62 @@ def test_attention_dropout_only_in_training():
     torch.testing.assert_close(attn(x, x), attn(x, x))
     attn.train()
     assert not torch.allclose(attn(x, x), attn(x, x))
+
+
+def test_cosine_logits_are_bounded_by_the_scale_and_reach_it_for_aligned_keys():
+    torch.manual_seed(7)
+    attn = Attention(16, 2, 8, NoPosition(), similarity="cosine").eval()
+    assert isinstance(attn.q_norm, CosineNorm) and attn.scale == COSINE_SCALE
+    x = 100 * torch.randn(3, 5, 16)                                          # any input scale
+    q, k, v, _ = attn.project(x, x)
+    logits = attn.scale * q @ k.transpose(-1, -2)                             # (n, H, L, S)
+    assert logits.abs().max() <= COSINE_SCALE * (1 + 1e-5)
+    with torch.no_grad():
+        attn.to_kv.weight[:16].copy_(attn.to_q.weight)                        # keys = queries
+    q, k, v, _ = attn.project(x, x)
+    aligned = torch.diagonal(attn.scale * q @ k.transpose(-1, -2), dim1=-2, dim2=-1)
+    torch.testing.assert_close(aligned, torch.full_like(aligned, COSINE_SCALE))  # dot: sqrt(8) = 2.8
+    want = attn.to_out(((attn.scale * q @ k.transpose(-1, -2)).softmax(-1) @ v).transpose(1, 2).flatten(2))
+    torch.testing.assert_close(attn(x, x), want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():                                                     # the learned gains set the range
+        attn.q_norm.weight.fill_(2.0)
+        attn.k_norm.weight.fill_(3.0)
+    q, k, _, _ = attn.project(x, x)
+    assert (attn.scale * q @ k.transpose(-1, -2)).abs().max() > 6 * COSINE_SCALE * 0.99
+
+
+def test_null_slots_let_a_cross_attention_attend_to_nothing():
+    """Every real key points away from the queries and the null key toward them: the output is the
+    null value. Without null slots the same attention can only average the real values."""
+    torch.manual_seed(8)
+    u = torch.nn.functional.normalize(torch.randn(8), dim=0)
+    x = u.expand(2, 3, 8)                                                     # (n, L, dim)
+    context = u.expand(2, 5, 8) + 0.01 * torch.randn(2, 5, 8)                 # (n, S, dim)
+    outputs = {}
+    for slots in (0, 1):
+        attn = Attention(8, 1, 8, NoPosition(), null_kv=slots).eval()
+        with torch.no_grad():
+            attn.to_q.weight.copy_(torch.eye(8))
+            attn.to_kv.weight.copy_(torch.cat([-torch.eye(8), torch.eye(8)]))  # keys ≈ -u, values ≈ u
+            attn.to_out.weight.copy_(torch.eye(8))
+            attn.to_out.bias.zero_()
+            attn.k_norm.weight.fill_(10.0)                                    # a sharp softmax
+            if slots:
+                attn.null.kv[0, 0, 0].copy_(u)                                # null key u
+                attn.null.kv[1, 0, 0].copy_(-3 * u)                           # null value -3u
+        outputs[slots] = attn(x, context)
+        assert sum(p.numel() for p in attn.null.parameters()) == 2 * slots * 8
+    torch.testing.assert_close(outputs[1], (-3 * u).expand(2, 3, 8), rtol=0, atol=1e-4)
+    torch.testing.assert_close(outputs[0], context.mean(1, keepdim=True).expand(2, 3, 8), rtol=0, atol=1e-4)
+
+
+def test_null_slots_get_zero_position_bias_and_need_a_non_causal_attention():
+    torch.manual_seed(9)
+    attn = space_attention(16, 2, 8, (2, 3), 8, null_kv=2).eval()
+    x = torch.randn(1, 2, 6, 16)
+    q, k, v, bias = attn.attention.project(x[0], x[0])
+    assert k.shape == v.shape == (2, 2, 8, 8) and bias.shape == (2, 6, 8)
+    assert torch.all(bias[..., :2] == 0) and bias[..., 2:].abs().max() > 0
+    assert attn(x, x).shape == x.shape
+    with pytest.raises(ValueError, match="null slots need a non-causal attention"):
+        Attention(16, 2, 8, Rotary(8), causal=True, null_kv=1)

@@ -1,7 +1,12 @@
+import dataclasses
+
 import pytest
 import torch
+from torch import nn
 
-from dila_core.layers import CausalPEG, Sublayer
+from dila_core.attention import CosineNorm, SpaceAttention, TimeAttention
+from dila_core.layers import GEGLU, CausalPEG, Sublayer
+from dila_core.presets import preset, reference_switches
 from dila_core.st_transformer import (
     SpatioTemporalEncoder,
     STBlock,
@@ -93,3 +98,92 @@ def test_conditioned_transformer_is_causal_in_condition_and_tokens():
 def test_config_errors_name_the_key(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         config(**{field: value}).validate("st")
+
+
+# -- the reference code's switches, on the `tiny` preset's ST-Transformer ----------------------------
+
+def tiny_st(**kw) -> STConfig:
+    return dataclasses.replace(preset("tiny").st, **kw)
+
+
+def units(st: STTransformer) -> list[str]:
+    """What x goes through, in order: "peg", "space", "time", "ffn" (identities left out)."""
+    def kind(sublayer: Sublayer) -> str:
+        branch = getattr(sublayer.branch, "attention", sublayer.branch)
+        return {SpaceAttention: "space", TimeAttention: "time", GEGLU: "ffn"}[type(branch)]
+
+    out = []
+    for block in st.blocks:
+        out += ["peg"] if isinstance(block.peg, CausalPEG) else []
+        for peg, sublayer in zip(block.layer_pegs, block.sublayers, strict=True):
+            out += (["peg"] if isinstance(peg, CausalPEG) else []) + [kind(sublayer)]
+    return out
+
+
+@pytest.mark.parametrize(("layout", "peg", "want"), [
+    ("space-ffn-time-ffn", "block", "peg space ffn time ffn peg space ffn time ffn"),
+    ("space-ffn-time-ffn", "layer", "peg space ffn peg time ffn peg space ffn peg time ffn"),
+    ("space-then-time", "block", "peg space ffn space ffn peg time ffn time ffn"),
+    ("space-then-time", "layer", "peg space ffn peg space ffn peg time ffn peg time ffn"),
+    ("space-time-ffn", "layer", "peg space peg time ffn peg space peg time ffn"),
+])
+def test_layout_and_peg_set_the_order_of_sublayers(layout, peg, want):
+    st = STTransformer(tiny_st(depth=2, layout=layout, peg=peg), (2, 2))
+    assert units(st) == want.split()
+    assert sum(isinstance(m, CausalPEG) for m in st.modules()) == want.split().count("peg")
+
+
+@pytest.mark.parametrize(("layout", "peg"), [("space-then-time", "layer"), ("space-then-time", "block"),
+                                             ("space-ffn-time-ffn", "layer")])
+def test_switched_encoder_is_causal_in_time(layout, peg):
+    torch.manual_seed(5)
+    cfg = tiny_st(depth=2, layout=layout, peg=peg, proj_in=False, attention="cosine")
+    enc = SpatioTemporalEncoder(cfg, (2, 3), token_dim=cfg.width).eval()
+    e = torch.randn(2, 5, 2, 3, cfg.width)
+    for k in range(5):
+        changed = e.clone()
+        changed[:, k] += torch.randn_like(changed[:, k])
+        before, after = enc(e), enc(changed)
+        torch.testing.assert_close(before[:, :k], after[:, :k], rtol=0, atol=0)
+        assert (before[:, k:] - after[:, k:]).abs().amax(dim=(0, 2, 3, 4)).min() > 1e-6
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_reference_encoder_has_no_input_projection_and_cosine_attention():
+    cfg = reference_switches(preset("tiny"))
+    torch.manual_seed(6)
+    enc = SpatioTemporalEncoder(cfg.st, cfg.grid, cfg.token_dim)
+    ours = SpatioTemporalEncoder(preset("tiny").st, cfg.grid, cfg.token_dim)
+    assert isinstance(enc.proj_in, nn.Identity)
+    assert not any(name.startswith("proj_in") for name, _ in enc.named_parameters())
+    norms = [m for m in enc.modules() if isinstance(m, (CosineNorm, nn.RMSNorm))]
+    assert len(norms) == 4 * cfg.st.depth and all(isinstance(m, CosineNorm) for m in norms)  # q and k of each
+    # the same attentions and FFNs; no input projection; a PEG per attention (2 per depth) for 1 per block
+    d, w, peg = cfg.token_dim, cfg.st.width, count(CausalPEG(cfg.st.width, cfg.grid))
+    assert count(enc) == count(ours) - (d * w + w) + cfg.st.depth * peg
+    with pytest.raises(ValueError, match=r"st\.proj_in = False is not allowed: expected true when width \(16\)"):
+        SpatioTemporalEncoder(tiny_st(width=16, proj_in=False), (2, 2), token_dim=32)
+
+
+def test_attention_dropout_off_keeps_dropout_to_the_ffns():
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 4, 32)
+    for attention_dropout in (False, True):
+        block = STBlock(tiny_st(dropout=0.5, attention_dropout=attention_dropout), (2, 2)).train()
+        for sublayer, kind in zip(block.sublayers, ("space", "ffn", "time", "ffn"), strict=True):
+            same = torch.equal(sublayer(x), sublayer(x))
+            assert same == (kind != "ffn" and not attention_dropout), (kind, attention_dropout)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("attention", "sine", "st.attention = 'sine' is not allowed: expected one of 'dot', 'cosine'"),
+    ("peg", "frame", "st.peg = 'frame' is not allowed: expected one of 'block', 'layer'"),
+    ("proj_in", 0, "st.proj_in = 0 is not allowed: expected true or false"),
+    ("attention_dropout", "no", "st.attention_dropout = 'no' is not allowed: expected true or false"),
+])
+def test_switch_errors_name_the_key(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        tiny_st(**{field: value}).validate("st")

@@ -1,7 +1,10 @@
+import dataclasses
+
 import pytest
 import torch
 
 from dila_core.layers import ResidualMLP, ResidualMLPConfig
+from dila_core.presets import preset
 from dila_core.st_transformer import STConfig
 from dila_core.structure import FDM, IDM, FDMConfig, IDMConfig
 
@@ -118,3 +121,50 @@ def test_fdm_learns_from_zero_init_to_move_structure_by_the_action():
         own = (fdm(s[:, :-1], moves) - ds).square().mean()
         shuffled = (fdm(s[:, :-1], moves[torch.randperm(256)]) - ds).square().mean()
     assert own < 0.1 * ds.square().mean() and own < 0.2 * shuffled
+
+
+# -- the reference code's switches, on the `tiny` preset ---------------------------------------------
+
+def test_layernorm_z_path_makes_the_update_all_but_blind_to_the_scale_of_z():
+    """z -> 10 z moves the update by < 1% on the "layernorm" path, while another z moves it by > 10%;
+    on our "mlp" path the scale matters. The first Linear's bias is zeroed (as the reference's Xavier
+    re-init leaves it): that bias is the path's one scale-dependent term, measured separately below."""
+    cfg = preset("tiny")
+    changes = {}
+    for z_path in ("mlp", "layernorm"):
+        torch.manual_seed(10)
+        fdm = FDM(dataclasses.replace(cfg.fdm, z_path=z_path), cfg.grid, cfg.d_s, cfg.bottleneck.d_z).eval()
+        jitter(fdm)
+        with torch.no_grad():
+            s, z = torch.randn(4, 3, *cfg.grid, cfg.d_s), torch.randn(4, 3, cfg.bottleneck.d_z)
+            base = fdm(s, z)
+            change = lambda other: float((fdm(s, other) - base).norm() / base.norm())  # noqa: E731
+            with_bias = change(10 * z)
+            for path in (fdm.z_token, fdm.z_cond):
+                path[0].bias.zero_()
+            base = fdm(s, z)
+            changes[z_path] = (change(10 * z), change(z.roll(1, 0)), with_bias)
+    scaled, other, with_bias = changes["layernorm"]
+    assert scaled < 0.01 < 0.1 < other and with_bias < 0.1
+    assert changes["mlp"][0] > 0.5 and changes["mlp"][2] > 0.5
+    assert [type(m).__name__ for m in fdm.z_token] == ["Linear", "LayerNorm", "Linear", "GELU", "Linear"]
+
+
+def test_idm_head_dropout_acts_in_training_only_and_keeps_checkpoint_keys():
+    cfg = preset("tiny").idm
+    torch.manual_seed(11)
+    plain = IDM(cfg, d_s=4, out_dim=6)
+    dropped = IDM(dataclasses.replace(cfg, head_dropout=0.5), d_s=4, out_dim=6)
+    dropped.load_state_dict(plain.state_dict(), strict=True)                     # same keys and shapes
+    ds = torch.randn(2, 3, 4, 4, 4)
+    plain.train(), dropped.train()
+    assert torch.equal(plain(ds), plain(ds)) and not torch.equal(dropped(ds), dropped(ds))
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(ds), plain(ds), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"idm\.head_dropout = 1\.0 is not allowed"):
+        dataclasses.replace(cfg, head_dropout=1.0).validate("idm")
+
+
+def test_fdm_z_path_error_names_the_key():
+    with pytest.raises(ValueError, match=r"model\.fdm\.z_path = 'film' is not allowed: expected one of"):
+        dataclasses.replace(fdm_config(), z_path="film").validate("model.fdm")
