@@ -2,8 +2,10 @@
 
 Each stage's headline file (metrics.json, summary.json) holds a handful of numbers with the same
 keys for every variant; everything else it measures goes to a details JSON beside it. The
-run's one DVC `metrics:` file is the report's metrics.json, which puts every variant's two
-"did it learn" numbers in one row, so `dvc metrics show` and `dvc exp show` stay narrow.
+run's one DVC `metrics:` file is the report's metrics.json, which puts every variant's "did it
+learn" numbers (rollout / repeat-last, z usage, planning success) in one row, so `dvc metrics
+show` and `dvc exp show` stay narrow. The DVC plots are dvc.yaml's top-level `plots:`, drawn from
+the report's curves/ (every variant overlaid, with the template in .dvc/plots/).
 
 Every path comes from `params.paths` (written once in params.yaml). A stage writes its
 outputs through these functions and reads its inputs through the readers below, so no
@@ -25,9 +27,15 @@ names the file and the command that makes it.
     <paths.eval>/<variant>/{metrics.json, details.json, latents.npz}   evaluate
     <paths.plan>/<variant>.json                          plan: the world-model planner on the tasks
     <paths.plan>/baselines.json                          plan_baselines: random and simulator-as-model
-    <paths.replicas>/<variant>.json                      replicas: headline numbers per training seed
+    <paths.replicas>/<variant>.json                      replicas: headline numbers (and rollout
+                                                         curves) per training seed
     <paths.replicas>/<variant>/seed<k>/{models,logs}/    ... each replica's runs, laid out as above
-    <paths.report>/{metrics.json, seeds.json, table.md, plots/}   report
+    <paths.report>/{metrics.json, seeds.json, table.md, plots/, curves/}   report
+    docs/figures/{rollout_error.png, learning.png}       report: the committed pictures (FIGURES)
+
+docs/figures is the one output outside `params.paths`: it is tracked by git (not under data/),
+so a fresh clone shows the two most important figures; dvc.yaml names it as the report's
+uncached output.
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ from pipeline.config import to_dict
 from pipeline.params import Params
 
 PHASES = ("train", "finetune")
+FIGURES = Path("docs/figures")  # the report's committed pictures, relative to the project root
 MANIFEST_FORMAT = "dila-manifest/1"
 
 
@@ -132,6 +141,11 @@ def resume_state(params: Params, variant: str, phase: str) -> Path:
 def log_dir(params: Params, variant: str, phase: str) -> Path:
     """DVCLive directory of one run: metrics.json and plots/metrics/."""
     return Path(params.paths.logs) / variant / _phase(phase)
+
+
+def curve_path(params: Params, variant: str, phase: str, split: str, name: str) -> Path:
+    """DVCLive's curve of logged term `name` on `split` ("train" or "val"): a TSV of step and value."""
+    return log_dir(params, variant, phase) / "plots" / "metrics" / split / f"{name}.tsv"
 
 
 def summary_path(params: Params, variant: str, phase: str) -> Path:

@@ -14,8 +14,9 @@ the model's own state space (`rollout` of dila_core.world_model). Output, under 
                   episodes   (N,) int64                              store episode of each window
                   frames     (N, context + horizon) int64            store frame of each window step
                   attrs["dila_rollout"]: what made it (model, store, encoder, settings)
-    episode_EEEE.png  when the pixel decoder exists: true frames (top row) above the context
-                  frames and the rollout (bottom row), both decoded by the pixel decoder
+    episode_EEEE.png  when the pixel decoder exists, decoded by it: a labelled grid (`pixels.rollout_grid`)
+                  of the true frames, the rollout under the clip's own z, the rollout under the next
+                  clip's z, and the last context frame repeated; context frames marked, steps numbered
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from zarr.codecs import BloscCodec
 from pipeline import artifacts
 from pipeline.config import to_dict
 from pipeline.data.windows import denormalize
-from pipeline.evaluation.clips import rollout_clips
+from pipeline.evaluation.clips import roll_out, rollout_clips
 from pipeline.evaluation.pixels import load_decoder, write_grids
 from pipeline.params import Params
 from pipeline.training.distributed import device
@@ -66,8 +67,13 @@ def run(params: Params, variant: str) -> Path:
     if predicted is not None:
         _array(group, "predicted", denormalize(predicted, mean, std).astype(np.float16))
         decode, reason = load_decoder(params, val.attrs.get("plan_sha256"), dev)
-        pixels = f"unavailable: {reason}" if decode is None else \
-            f"{len(write_grids(out, decode, clips['e'], predicted, r.context, clips['episode']))} PNG grids"
+        if decode is None:
+            pixels = f"unavailable: {reason}"
+        else:  # the grids also show each clip rolled out under the next clip's z
+            other = roll_out(model, clips["e"], r.context, dev, np.roll(clips["e"], -1, axis=0))
+            grids = write_grids(out, decode, clips["e"], predicted, r.context, clips["episode"], other,
+                                f"{variant} on {params.train.dataset}")
+            pixels = f"{len(grids)} PNG grids"
     group.attrs["dila_rollout"] = {
         "format": FORMAT, "variant": variant, "dataset": params.train.dataset, "store": str(val.path),
         "store_plan_sha256": val.attrs.get("plan_sha256"), "encoder": val.attrs.get("encoder"),

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 import yaml
 
+from pipeline import artifacts
 from pipeline.params import apply_overrides, read_yaml
 from pipeline.provenance import stage_code
 from tests.conftest import ROOT, SHARED, TINY_STAGE_TWO, requires_shared, tiny_overrides
@@ -90,6 +91,96 @@ def test_every_dvc_path_comes_from_params():
     assert {"prepared", "features"} <= set(params["paths"])
 
 
+def resolve(text: str, params: dict, key: str | None = None) -> str:
+    """A dvc.yaml path with its ${...} filled from params.yaml (and a foreach's ${key})."""
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name == "key":
+            return key
+        node = params
+        for part in name.split("."):
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{([\w.]+)\}", value, text)
+
+
+def declared_outputs(dvc: dict, params: dict) -> dict[str, list[str]]:
+    """Every output path (outs, metrics, plots) of every stage, with foreach stages expanded over
+    their params mapping."""
+    found = {}
+    for name, body in dvc["stages"].items():
+        keys = [None] if "foreach" not in body else list(params[body["foreach"].strip("${}")])
+        stage = body.get("do", body)
+        paths = [next(iter(o)) if isinstance(o, dict) else o
+                 for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])]
+        for key in keys:
+            found[name if key is None else f"{name}@{key}"] = [resolve(o, params, key) for o in paths]
+    return found
+
+
+def plot_files(dvc: dict, params: dict) -> dict[str, list[str]]:
+    """The data files each top-level plot draws (its y files, or its id when that is the file)."""
+    files = {}
+    for entry in dvc.get("plots", []):
+        (plot_id, props), = entry.items() if isinstance(entry, dict) else ((entry, None),)
+        ys = (props or {}).get("y")
+        files[plot_id] = [resolve(f, params) for f in ys] if isinstance(ys, dict) else [resolve(plot_id, params)]
+    return files
+
+
+def unproduced_plot_files(dvc: dict, params: dict) -> list[str]:
+    outs = [o for stage in declared_outputs(dvc, params).values() for o in stage]
+    return [f for files in plot_files(dvc, params).values() for f in files if not any(covers(o, f) for o in outs)]
+
+
+def test_every_top_level_plot_draws_files_some_stage_writes():
+    dvc, params = yaml.safe_load((ROOT / "dvc.yaml").read_text()), read_yaml(ROOT / "params.yaml")
+    files = plot_files(dvc, params)
+    assert set(files) == {"learning", "rollout_error"}  # the DVC views: every variant overlaid
+    assert unproduced_plot_files(dvc, params) == []
+    dvc["stages"]["report"]["outs"] = [o for o in dvc["stages"]["report"]["outs"]
+                                       if "curves" not in (next(iter(o)) if isinstance(o, dict) else o)]
+    assert sorted(unproduced_plot_files(dvc, params)) == sorted(f for fs in files.values() for f in fs)
+
+
+def test_the_top_level_plots_use_the_projects_template_which_colours_by_variant():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for entry in dvc["plots"]:
+        (_, props), = entry.items()
+        template = json.loads((ROOT / ".dvc" / "plots" / f"{props['template']}.json").read_text())
+        assert template["encoding"]["color"]["field"] == "variant"     # the report's curves/ columns
+        assert template["encoding"]["strokeDash"]["field"] == "curve"
+
+
+# Phases a variant may skip: finetune@ of a model without phase 2 (runs.skip_phase2) logs no curves.
+MAY_SKIP = {"finetune"}
+
+
+def stages_declaring_plots_of_a_skippable_phase(dvc: dict) -> list[str]:
+    return [name for name, stage in dvc_stages(dvc).items() if stage.get("plots") and name in MAY_SKIP]
+
+
+def test_no_stage_declares_plots_for_a_phase_that_may_be_skipped():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert stages_declaring_plots_of_a_skippable_phase(dvc) == []
+    assert not any(stage.get("plots") for stage in dvc_stages(dvc).values())  # the views are the top-level plots
+    for phase in ("train", "finetune"):  # DVCLive's curve folders stay outputs, so DVC still tracks them
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in dvc_stages(dvc)[phase]["outs"]]
+        assert f"${{paths.logs}}/${{key}}/{phase}/plots/metrics" in outs
+    dvc_stages(dvc)["finetune"]["plots"] = [{"${paths.logs}/${key}/finetune/plots/metrics": {"x": "step"}}]
+    assert stages_declaring_plots_of_a_skippable_phase(dvc) == ["finetune"]
+
+
+def test_the_report_commits_its_figures_and_keeps_one_narrow_metrics_file():
+    report = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
+    outs = {next(iter(o)): o[next(iter(o))] for o in report["outs"] if isinstance(o, dict)}
+    assert outs[str(artifacts.FIGURES)] == {"cache": False}                # git tracks docs/figures
+    assert outs["${paths.report}/seeds.json"] == {"cache": False}          # a plain file, not DVC metrics
+    assert [next(iter(m)) for m in report["metrics"]] == ["${paths.report}/metrics.json"]
+    assert "${paths.logs}" in report["deps"]                                # the learning curves
+
+
 def copy_project(repo):
     repo.mkdir()
     for part in ("pipeline", "stages", "dila_core"):
@@ -113,6 +204,7 @@ def make_repo(tmp_path, *extra: str):
     (repo / "params.yaml").write_text(yaml.safe_dump(apply_overrides(read_yaml(ROOT / "params.yaml"), relative)))
     sh(*GIT, "init", "-q", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # the top-level plots' template
     sh("dvc", "config", "core.analytics", "false", cwd=repo)
     sh(*GIT, "add", "-A", cwd=repo)
     sh(*GIT, "commit", "-qm", "project", cwd=repo)
@@ -145,8 +237,10 @@ def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
         assert "probe pusht R²" in table and "| DiLA | 0.009 |" in table
         assert "## Held-out stores" in table and "| dila (objects3) |" in table
     assert "Running stage" not in sh("dvc", "repro", cwd=repo)  # a re-run is a no-op
-    plots = sh("dvc", "plots", "show", "--json", cwd=repo)  # DVCLive curves are DVC plots
-    assert "data/logs/dila/train/plots/metrics/train/L_e.tsv" in plots and "finetune/plots/metrics" in plots
+    raw = sh("dvc", "plots", "show", "--json", cwd=repo)  # the top-level views, none failing to load
+    plots = json.loads(raw[raw.index("{"):raw.rindex("}") + 1])
+    assert not plots.get("errors") and sorted(plots["data"]) == ["learning", "rollout_error"]
+    assert sorted(p.name for p in (repo / "docs/figures").iterdir()) == ["learning.png", "rollout_error.png"]
 
 
 @pytest.mark.slow

@@ -168,7 +168,7 @@ def run_stage_two(params) -> dict[str, Path]:
     out["replicas"] = replicas.run(params, "dila", show_progress=False)
     out["plan"] = plan.run(params, "dila")
     out["plan_baselines"] = plan_baselines.run(params)
-    out["report"] = report.run(params)
+    out["report"] = report.run(params, figures=Path(params.paths.report) / "figures")  # not the project's docs/
     return out
 
 

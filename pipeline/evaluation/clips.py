@@ -60,16 +60,19 @@ def batched(fn: Callable[..., torch.Tensor], *arrays: np.ndarray, dev: torch.dev
     return np.concatenate(out)
 
 
-def roll_out(model: torch.nn.Module, e: np.ndarray, context: int, dev: torch.device) -> np.ndarray:
+def roll_out(model: torch.nn.Module, e: np.ndarray, context: int, dev: torch.device,
+             donors: np.ndarray | None = None) -> np.ndarray:
     """Rollouts of clips e (N, context + horizon, h, w, D): `horizon` frames after the first
-    `context` ones, under the actions inferred from the whole clip -> (N, horizon, h, w, D)."""
+    `context` ones, under the actions inferred from the whole clip -> (N, horizon, h, w, D). With
+    `donors` (same shape as e), clip i rolls out from its own context under the actions inferred
+    from donors[i] instead (another clip's z: how much the rollout depends on z)."""
     horizon = e.shape[1] - context
 
-    def one(clip: torch.Tensor) -> torch.Tensor:
-        z = model.infer_actions(clip)                                              # (B, T-1, d_z)
+    def one(clip: torch.Tensor, donor: torch.Tensor) -> torch.Tensor:
+        z = model.infer_actions(donor)                                             # (B, T-1, d_z)
         return model.rollout(clip[:, :context], z[:, context - 1:], horizon).e
 
-    return batched(one, e, dev=dev)
+    return batched(one, e, e if donors is None else donors, dev=dev)
 
 
 def rollout_clips(model: torch.nn.Module, windows: Windows, limit: int, context: int,

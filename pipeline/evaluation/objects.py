@@ -5,7 +5,10 @@ On a probe dataset whose source splits its true actions per object
 
 - per_object: a ridge probe from the whole z to each object's action, fit on the train
   episodes' transitions where that object exists and scored on the held-out ones (R² per
-  object, and by how many objects the episode holds: `r2_by_count`);
+  object, and by how many objects the episode holds: `r2_by_count`, null where fewer than 2
+  train or held-out transitions come from episodes with that many objects, and
+  `transitions_by_count`, how many there were: the held-out episodes are a seeded random sample,
+  so a count can be missing from them);
 - slots (a factored model, `cfg.slots` > 1, whose z is the concatenation of one chunk per
   slot): the R² of a probe from each slot's chunk alone to each object's action, the best
   one-to-one slot -> object assignment (`latent_stats.best_assignment`) and the R² under it;
@@ -52,14 +55,15 @@ def _per_object(fit: Latents, test: Latents, alpha: float) -> dict[str, Any]:
     r2 = [_probe_r2(fit.z[fit.present[:, k]], fit.objects[fit.present[:, k], k],
                     test.z[test.present[:, k]], test.objects[test.present[:, k], k], alpha) for k in range(objects)]
     counts = test.present.sum(1)                                                       # (M,) objects per transition
-    by_count = {}
+    by_count, transitions = {}, {}
     for n in range(1, objects + 1):
         fit_n, test_n = fit.present.sum(1) == n, counts == n
         scores = [_probe_r2(fit.z[fit_n], fit.objects[fit_n, k], test.z[test_n], test.objects[test_n, k], alpha)
                   for k in range(n)]
         defined = [v for v in scores if v is not None]
         by_count[str(n)] = float(np.mean(defined)) if defined else None
-    return {"r2": r2, "r2_by_count": by_count, "objects": objects}
+        transitions[str(n)] = {"fit": int(fit_n.sum()), "test": int(test_n.sum())}
+    return {"r2": r2, "r2_by_count": by_count, "transitions_by_count": transitions, "objects": objects}
 
 
 def _slot_scores(fit: Latents, test: Latents, slots: int, alpha: float) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Tokens drawn as pixels: the trained pixel decoder as a function, and image grids of rollouts.
+"""Tokens drawn as pixels: the trained pixel decoder as a function, and labelled image grids of
+rollouts (truth, the rollout under its own z and under another clip's z, the last frame repeated).
 
 The decoder maps normalized tokens (the model's space, `pipeline.data.windows.normalize`) to
 frames; rollout and evaluation use it only where it exists and was trained on the same store.
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib import image as mpimg
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from dila_core.pixel_decoder import PixelDecoder
@@ -56,26 +57,58 @@ def load_decoder(params: Params, store_plan: str | None, dev: torch.device) -> t
     return decode, None
 
 
-def grid_image(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
-    """Frames rows[r] (T_r, S, S, 3) in [0, 1] laid out in rows (left aligned) with white gaps:
-    (R*S + (R-1)*gap, T*S + (T-1)*gap, 3) for T the longest row."""
-    size = rows[0].shape[1]
-    cols = max(len(r) for r in rows)
-    img = np.ones((len(rows) * (size + gap) - gap, cols * (size + gap) - gap, 3), np.float32)
-    for r, frames in enumerate(rows):
-        for c, frame in enumerate(frames):
-            img[r * (size + gap):r * (size + gap) + size, c * (size + gap):c * (size + gap) + size] = frame
-    return img
+CONTEXT_COLOUR = "tab:orange"  # the true context frames: their frame and column title
+TRUTH, OWN, OTHER, REPEAT = "truth", "prediction\n(own z)", "prediction\n(another clip's z)", "repeat last\nframe"
+
+
+def rollout_grid(rows: list[tuple[str, np.ndarray]], context: int, title: str, scale: float = 2.0,
+                 dpi: int = 100) -> Figure:
+    """A labelled grid of frames: rows[r] = (label, frames (T_r, S, S, 3) in [0, 1]), one row per
+    label (named on the left), one column per time step, numbered on top: t = 1 - context .. 0 for
+    the true context frames (framed and titled in orange, "context"), then t = 1, 2, ... for the
+    predicted steps. Every frame is drawn at `scale` times its pixel size (nearest neighbour), so a
+    64-px frame shows at 128 px and a small object's motion is seen."""
+    size = rows[0][1].shape[1]
+    cols = max(len(frames) for _, frames in rows)
+    cell = size * scale / dpi
+    fig = Figure(figsize=(cols * cell + 1.6, len(rows) * cell + 1.0), dpi=dpi, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
+    axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
+    for r, (label, frames) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(frames):
+                ax.set_axis_off()
+                continue
+            ax.imshow(np.clip(frames[c], 0, 1), interpolation="nearest")
+            for spine in ax.spines.values():
+                spine.set(color=CONTEXT_COLOUR if c < context else "lightgrey", linewidth=3 if c < context else 1)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10, labelpad=8)
+    for c in range(cols):
+        t = c - context + 1
+        axes[0, c].set_title(f"t={t}\ncontext" if c < context else f"t={t}", fontsize=9,
+                             color=CONTEXT_COLOUR if c < context else "black")
+    fig.suptitle(title, fontsize=10)
+    return fig
 
 
 def write_grids(out: Path, decode: Decoder, truth: np.ndarray, predicted: np.ndarray, context: int,
-                episodes: np.ndarray) -> list[Path]:
-    """One PNG per clip: decoded truth (N, T) on top, decoded context + rollout (N, T) below."""
+                episodes: np.ndarray, other: np.ndarray | None = None, title: str = "rollout") -> list[Path]:
+    """One PNG per clip (`rollout_grid`): its decoded truth (N, T), then the context followed by the
+    decoded rollout (N, T - context) under its own z, under another clip's z (`other`, where given)
+    and the last context frame repeated; `title` heads each, with the clip's episode."""
     paths = []
-    for e_true, e_pred, ep in zip(truth, predicted, episodes):
+    for i, (e_true, e_pred, ep) in enumerate(zip(truth, predicted, episodes)):
         top = decode(e_true)                                                        # (T, S, S, 3)
-        bottom = np.concatenate([top[:context], decode(e_pred)])                    # (T, S, S, 3)
+        given, horizon = top[:context], len(top) - context
+        rows = [(TRUTH, top), (OWN, np.concatenate([given, decode(e_pred)]))]
+        if other is not None:
+            rows.append((OTHER, np.concatenate([given, decode(other[i])])))
+        rows.append((REPEAT, np.concatenate([given, np.repeat(given[-1:], horizon, axis=0)])))
         path = out / f"episode_{int(ep):04d}.png"
-        mpimg.imsave(path, grid_image([top, bottom]))
+        rollout_grid(rows, context, f"{title}, held-out episode {int(ep)}: {context} true context frame(s), "
+                                    f"then {horizon} predicted steps").savefig(path)
         paths.append(path)
     return paths

@@ -20,9 +20,13 @@ from pipeline.training.runs import load_final_model, open_windows
 NOT_DECODED = "replicas are scored on tokens only (no pixel decoder)"
 
 
-def replica_headline(params: Params, variant: str) -> tuple[dict[str, float | None], dict[str, str]]:
-    """(headline numbers, unavailable reasons) of `variant`'s final model under `params` (a
-    replica's paths), from the same clips and with the same seed as the rollout and evaluate stages."""
+def replica_headline(params: Params, variant: str) -> tuple[dict[str, float | None], dict[str, str],
+                                                              dict[str, list[float]]]:
+    """(headline numbers, unavailable reasons, rollout curves) of `variant`'s final model under
+    `params` (a replica's paths), from the same clips and with the same seed as the rollout and
+    evaluate stages. The curves are the rollout's token MSE per horizon step under the clip's own z
+    (`token_mse_per_step`) and another clip's (`other_z_token_mse_per_step`), for the report's seed
+    bands; empty for a variant without rollouts."""
     torch.manual_seed(params.seed)
     dev, r = device(), params.rollout
     _, val = open_windows(params)
@@ -41,4 +45,7 @@ def replica_headline(params: Params, variant: str) -> tuple[dict[str, float | No
     for name in params.evaluate.held_out:
         section(out["held_out"], name, lambda: held_out_section(ctx, name, val.attrs.get("encoder")),
                 ctx.unavailable, f"held_out.{name}")
-    return headline(out, params.evaluate), dict(sorted(ctx.unavailable.items()))
+    rolled = out.get("rollout") or {}
+    curves = {} if not rolled else {"token_mse_per_step": rolled["token_mse_per_step"],
+                                    "other_z_token_mse_per_step": rolled["other_z"]["token_mse_per_step"]}
+    return headline(out, params.evaluate), dict(sorted(ctx.unavailable.items())), curves

@@ -21,8 +21,11 @@ def numbers(plans: dict[str, Any]) -> dict[str, Any]:
             "variants": {v: _rate(r) for v, r in plans.get("variants", {}).items()}}
 
 
-def table(plans: dict[str, Any], ref, fmt) -> list[str]:
-    """Markdown lines of the planning table; `ref(reason)` makes a note, `fmt(number)` a cell."""
+def table(plans: dict[str, Any], ref, fmt, fmt_explained=None) -> list[str]:
+    """Markdown lines of the planning table; `ref(reason)` makes a note, `fmt(number)` a cell and
+    `fmt_explained(number)` the adapter's explained-variance cell (an R²: below 0 it is worse than
+    predicting the mean z; `fmt` when None)."""
+    fmt_explained = fmt_explained or fmt
     base = plans.get("baselines") or {}
     sim = _rate(base.get("simulator"))
 
@@ -33,7 +36,7 @@ def table(plans: dict[str, Any], ref, fmt) -> list[str]:
         norm = fmt(rate / sim) if sim else ref("the simulator-as-model planner reached no goal: "
                                                "nothing to normalise by")
         adapter = (result.get("adapter") or {}).get("explained")
-        return [fmt(rate), norm, fmt(adapter) if explained and adapter is not None else "—"]
+        return [fmt(rate), norm, fmt_explained(adapter) if explained and adapter is not None else "—"]
 
     goals = base.get("goals") or next((r.get("goals") for r in plans.get("variants", {}).values() if r.get("goals")), 0)
     where = f"{base['dataset']}'s simulator" if base.get("dataset") else "the simulator"

@@ -24,7 +24,7 @@ from pipeline.data.encoder import EncoderUnavailable, load_recorded
 from pipeline.data.sources import Source, build_source
 from pipeline.data.windows import Windows, normalize
 from pipeline.evaluation import metrics as M
-from pipeline.evaluation.clips import batched, pick, stack
+from pipeline.evaluation.clips import batched, pick, roll_out, stack
 from pipeline.evaluation.lpips import frame_lpips
 from pipeline.params import Params
 from pipeline.training.runs import open_windows
@@ -57,7 +57,9 @@ class Context:
     def verb(self, name: str) -> Callable[..., torch.Tensor]:
         """The model's inference verb `name` (beyond the world-model interface), or Unavailable."""
         if not callable(getattr(self.model, name, None)):
-            raise Unavailable(f"variant {self.variant!r}'s model family has no {name!r}")
+            family = type(self.model).__name__
+            raise Unavailable(f"the model of variant {self.variant!r} ({family}) has no {name!r} step, "
+                              "which this evaluation needs")
         return getattr(self.model, name)
 
     def require_latents(self, what: str) -> None:
@@ -101,7 +103,7 @@ def rollout_section(ctx: Context) -> dict[str, Any]:
         raise artifacts.MissingInput(f"{path}: rollouts made with (context, horizon, frame_skip, dataset) = {made}, params say "
                          f"{want}; run `dila rollout {ctx.variant}` again")
     if "predicted" not in group:
-        raise Unavailable(attrs["predicted"])
+        raise Unavailable(attrs["predicted"].removeprefix("unavailable: "))
     return rollout_scores(ctx, group["truth"][:], group["predicted"][:])
 
 
@@ -130,13 +132,8 @@ def rollout_scores(ctx: Context, truth: np.ndarray, predicted: np.ndarray) -> di
 def _other_z_rollouts(ctx: Context, truth: np.ndarray) -> np.ndarray:
     """Rollouts of each clip from its own context under the next clip's inferred actions: how much
     the rollout depends on z (equal errors to the true-z rollout mean z is ignored)."""
-    r = ctx.params.rollout
-
-    def one(clip: torch.Tensor, donor: torch.Tensor) -> torch.Tensor:
-        z = ctx.model.infer_actions(donor)                                         # (B, T-1, d_z)
-        return ctx.model.rollout(clip[:, :r.context], z[:, r.context - 1:], r.horizon).e
-
-    return batched(one, truth, np.roll(truth, -1, axis=0), dev=ctx.dev)            # (N, H, h, w, D)
+    return roll_out(ctx.model, truth, ctx.params.rollout.context, ctx.dev,
+                    np.roll(truth, -1, axis=0))                                    # (N, H, h, w, D)
 
 
 def cycle_section(ctx: Context) -> dict[str, Any]:

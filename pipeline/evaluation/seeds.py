@@ -3,7 +3,7 @@
 `headline` is the one definition of a variant's headline numbers (the evaluate stage's
 metrics.json keys, and what `replicas@` records per seed); `seed_table` gathers the main run
 (seed `seed`) and the replicas into mean / sd / n per variant, the report's seeds table
-(`seeds_lines`) and its second DVC metrics file (seeds.json).
+(`seeds_lines`) and its seeds.json.
 """
 from __future__ import annotations
 
@@ -50,13 +50,14 @@ def seed_table(runs: dict[str, dict[int, dict[str, float | None]]]) -> dict[str,
     return out
 
 
-COLUMNS = (("rollout / repeat", "rollout_ratio"), ("z used", "z_usage"), ("read-out", "readout"),
+COLUMNS = (("rollout / repeat", "rollout_ratio"), ("z usage", "z_usage"), ("read-out", "readout"),
            ("teacher-forced MSE", "tf_mse"))
 
 
-def seeds_lines(table: dict[str, Any], missing: dict[str, str], ref, fmt) -> list[str]:
+def seeds_lines(table: dict[str, Any], missing: dict[str, str], ref, stats) -> list[str]:
     """Markdown lines of the report's seeds table from `seed_table`'s output; `missing` holds the
-    reason a variant's replicas are absent, `ref(reason)` makes a note, `fmt(number)` a cell."""
+    reason a variant's replicas are absent, `ref(reason)` makes a note, `stats(key, {mean, sd, n})`
+    the cell of a number that exists."""
     probes = sorted({k for row in table.values() for k in row if k.startswith("r2_")})
     held = sorted({k for row in table.values() for k in row if k.startswith("held_out_ratio_")})
     cols = [*COLUMNS, *((f"R² {k[3:]}", k) for k in probes),
@@ -64,17 +65,15 @@ def seeds_lines(table: dict[str, Any], missing: dict[str, str], ref, fmt) -> lis
     lines = ["## Over training seeds (mean ± sd; data, split and encoder fixed)", "",
              "Each variant trained again from each of replicas.seeds, scored as the evaluate stage scores "
              "the main run (whose seed is the first). rollout / repeat below 1 beats repeating the last "
-             "frame; z used and read-out as in the ablation table.", "",
+             "frame; z usage and read-out as in the headline table.", "",
              "| variant | seeds | " + " | ".join(h for h, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
 
-    def cell(s: dict[str, Any]) -> str:
-        if s["mean"] is None:
-            return "—"
-        return fmt(s["mean"]) + ("" if s["sd"] is None else f" ± {fmt(s['sd'])}")
+    def cell(key: str, s: dict[str, Any]) -> str:
+        return "—" if s["mean"] is None else stats(key, s)
 
     for variant, row in table.items():
         seeds = ", ".join(map(str, row["seeds"]))
         if variant in missing:
             seeds += f"; replicas {ref(missing[variant])}"
-        lines.append(f"| {variant} | {seeds} | " + " | ".join(cell(row[k]) for _, k in cols) + " |")
+        lines.append(f"| {variant} | {seeds} | " + " | ".join(cell(k, row[k]) for _, k in cols) + " |")
     return lines

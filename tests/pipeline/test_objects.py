@@ -60,3 +60,12 @@ def test_a_monolithic_model_gets_no_slot_scores_and_one_object_sources_are_unava
     single = Latents(z=np.zeros((4, 2)), y=np.zeros((4, 2)), family=np.zeros(4, np.int32))
     with pytest.raises(Unavailable, match="does not split its actions per object"):
         objects.objects_section(ctx(1), "one", {"one/train": single, "one": single})
+
+
+def test_a_count_missing_from_the_held_out_episodes_is_null_and_says_how_many_transitions_there_were():
+    fit, test = scene(0), scene(1)
+    test.present[:, 1] = False                                               # no held-out 2-object transition
+    test.objects[:, 1] = 0.0
+    out = objects.objects_section(ctx(1), "multi", {"multi/train": fit, "multi": test})["per_object"]
+    assert out["r2_by_count"]["2"] is None and out["r2_by_count"]["1"] is not None
+    assert out["transitions_by_count"] == {"1": {"fit": 200, "test": 400}, "2": {"fit": 200, "test": 0}}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import artifacts
+from pipeline.evaluation import report_figures
 from pipeline.evaluation.replicas import replica_headline
 from pipeline.evaluation.seeds import seed_table, spread
 from pipeline.training import distributed
@@ -45,8 +46,11 @@ def test_the_replica_of_the_main_seed_reproduces_the_main_run(main):
     d = distributed.init()
     phase1(p, "dila", main.params.seed, d, False, replicas.__name__)
     phase2(p, "dila", main.params.seed, d, False, replicas.__name__)
-    numbers, unavailable = replica_headline(p, "dila")
+    numbers, unavailable, curves = replica_headline(p, "dila")
     assert numbers == main.headline and numbers["rollout_mse"] is not None and numbers["z_usage"] is not None
+    details = json.loads(artifacts.details_path(main.params, "dila").read_text())["rollout"]
+    assert curves == {"token_mse_per_step": details["token_mse_per_step"],
+                      "other_z_token_mse_per_step": details["other_z"]["token_mse_per_step"]}
     assert numbers["held_out_ratio_objects3"] is not None
     assert "rollout.ssim" in unavailable  # tokens only: no pixel decoder
 
@@ -65,7 +69,7 @@ def test_a_replica_trains_from_its_own_seed_on_the_main_split(main):
 
 
 def test_the_report_gives_mean_and_sd_over_the_main_run_and_the_replicas(main):
-    table = report.run(main.params).read_text()
+    table = report.run(main.params, figures=None).read_text()
     seeds = json.loads((artifacts.report_dir(main.params) / "seeds.json").read_text())
     runs = [main.headline, main.file["seeds"]["1"]]
     ratios = [h["rollout_mse"] / h["repeat_mse"] for h in runs]
@@ -75,13 +79,21 @@ def test_the_report_gives_mean_and_sd_over_the_main_run_and_the_replicas(main):
     assert row["rollout_ratio"]["sd"] == pytest.approx(np.std(ratios, ddof=1))
     assert row["z_usage"]["n"] == 2 and row["tf_mse"]["mean"] == pytest.approx(np.mean([h["tf_mse"] for h in runs]))
     assert "## Over training seeds" in table and "\n| dila | 0, 1 | " in table
+    replica = main.file["curves"]["1"]                        # the replica's rollout curves: the figure's seed band
+    assert len(replica["token_mse_per_step"]) == len(replica["other_z_token_mse_per_step"]) == 3  # rollout.horizon
+    metrics = {"dila": json.loads(artifacts.details_path(main.params, "dila").read_text())}
+    _, curves = report._seeds(main.params, metrics)
+    assert curves["dila"][0]["token_mse_per_step"] == metrics["dila"]["rollout"]["token_mse_per_step"]
+    assert curves["dila"][1] == replica
+    fig = report_figures.rollout_error(metrics, curves)
+    assert [c.get_label() for c in fig.axes[0].collections] == ["dila: 2 seeds, min to max"]
 
 
 def test_replicas_of_other_seeds_are_refused_as_stale(main):
     p = dataclasses.replace(main.params, replicas=dataclasses.replace(main.params.replicas, seeds=(1, 2)))
     with pytest.raises(artifacts.MissingInput, match="run `dila replicas dila` again"):
         artifacts.read_replicas(p, "dila")
-    table = report.run(p).read_text()  # the report keeps the main run alone and says why
+    table = report.run(p, figures=None).read_text()  # the report keeps the main run alone and says why
     assert "\n| dila | 0; replicas n/a [" in table and "run `dila replicas dila` again" in table
 
 

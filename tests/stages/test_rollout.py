@@ -5,6 +5,8 @@ import pytest
 import torch
 import zarr
 from matplotlib import image as mpimg
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
 
 from pipeline import artifacts
 from pipeline.data import windows
@@ -77,7 +79,8 @@ def test_png_grids_are_written_with_a_pixel_decoder_and_dropped_without(params):
         pngs = sorted(out.glob("episode_*.png"))
         episodes = zarr.open_group(out / "tokens.zarr", mode="r")["episodes"][:]
         assert [p.name for p in pngs] == [f"episode_{e:04d}.png" for e in episodes]
-        assert mpimg.imread(pngs[0]).shape[:2] == (2 * 8 + 2, 4 * 8 + 3 * 2)  # 2 rows x 4 frames, 2 px gaps
+        height, width = mpimg.imread(pngs[0]).shape[:2]
+        assert height > 4 * 2 * 8 and width > 4 * 2 * 8  # 4 labelled rows x 4 frames, each 8-px frame at 16 px
         assert zarr.open_group(out / "tokens.zarr", mode="r").attrs["dila_rollout"]["pixels"] == "2 PNG grids"
         save_decoder(params, "another store")
         out = rollout.run(params, "dila")
@@ -127,9 +130,37 @@ def test_pick_starts_at_the_episode_start_or_tiles_the_episode(params):
     assert sorted((val.windows[tiled, 0] - start[tiled]).tolist()) == [0, 0, 3, 3, 6, 6]
 
 
-def test_grid_image_layout():
-    rows = [np.zeros((3, 2, 2, 3)), np.full((2, 2, 2, 3), 0.5)]
-    img = pixels.grid_image(rows, gap=1)
-    assert img.shape == (5, 8, 3)
-    assert (img[2] == 1).all() and (img[:2, 2] == 1).all()        # white gaps
-    assert (img[3:, :2] == 0.5).all() and (img[3:, 6:] == 1).all()  # a short row is padded with white
+def test_rollout_grid_labels_its_rows_numbers_its_steps_and_marks_the_context():
+    frames = np.zeros((4, 8, 8, 3))
+    labels = [pixels.TRUTH, pixels.OWN, pixels.OTHER, pixels.REPEAT]
+    fig = pixels.rollout_grid([(label, frames) for label in labels], context=2, title="dila, episode 3")
+    axes = np.array(fig.axes).reshape(4, 4)
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["truth", "prediction\n(own z)",
+                                                       "prediction\n(another clip's z)", "repeat last\nframe"]
+    assert [ax.get_title() for ax in axes[0]] == ["t=-1\ncontext", "t=0\ncontext", "t=1", "t=2"]
+    context = to_rgba(pixels.CONTEXT_COLOUR)
+    assert all(ax.spines["left"].get_edgecolor() == context for ax in axes[:, :2].ravel())
+    assert not any(ax.spines["left"].get_edgecolor() == context for ax in axes[:, 2:].ravel())
+    assert fig.get_suptitle() == "dila, episode 3"
+    assert fig.get_size_inches()[0] * fig.dpi >= 4 * 2 * 8  # every 8-px frame at twice its size at least
+
+
+def test_write_grids_rows_are_truth_own_z_other_z_and_the_repeated_last_context_frame(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(pixels, "rollout_grid", lambda rows, context, title: drawn.append((rows, title)) or Figure())
+    truth = np.arange(2 * 4, dtype=np.float32).reshape(2, 4, 1, 1, 1)          # (N, T, h, w, D)
+    predicted, other = truth[:, 2:] + 100, truth[:, 2:] + 200                  # (N, H, h, w, D)
+
+    def decode(e):                                                             # token value -> a flat frame
+        return np.broadcast_to(e.reshape(-1, 1, 1, 1), (len(e), 8, 8, 3))
+
+    paths = pixels.write_grids(tmp_path, decode, truth, predicted, 2, np.array([5, 9]), other, "dila on synthetic")
+    assert [p.name for p in paths] == ["episode_0005.png", "episode_0009.png"] and all(p.is_file() for p in paths)
+    rows, title = drawn[1]
+    assert [label for label, _ in rows] == [pixels.TRUTH, pixels.OWN, pixels.OTHER, pixels.REPEAT]
+    firsts = {label: frames[:, 0, 0, 0].tolist() for label, frames in rows}
+    assert firsts == {pixels.TRUTH: [4, 5, 6, 7], pixels.OWN: [4, 5, 106, 107], pixels.OTHER: [4, 5, 206, 207],
+                      pixels.REPEAT: [4, 5, 5, 5]}
+    assert title.startswith("dila on synthetic, held-out episode 9: 2 true context frame(s), then 2 predicted")
+    pixels.write_grids(tmp_path, decode, truth, predicted, 2, np.array([5, 9]))
+    assert [label for label, _ in drawn[-1][0]] == [pixels.TRUTH, pixels.OWN, pixels.REPEAT]
