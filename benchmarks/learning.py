@@ -3,7 +3,8 @@
 Trains the `small` preset teacher-forced on a feature store with the project's own model, loss and
 optimizer (AdamW and its schedule from pipeline.training.trainer.build_optimizer), under a named
 *setting*: model-config overrides (the training devices of dila_core.losses, `init`, the decoder's
-skip, ...; exactly what `variants.<name>.config` takes in params.yaml) and per-group learning rates
+skip, ...; exactly what `variants.<name>.config` takes in params.yaml), optionally on top of the
+reference code's setting (`--reference`, as `variants.<name>.reference`), and per-group learning rates
 (what `train.optim.lr_scale` takes). At every checkpoint, on held-out clips of the shared episode
 split:
 
@@ -85,7 +86,8 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     windows, e, actions = held_out(args.store, args.clips)
     config = json.loads(args.config)
-    model = DiLA(preset("small", bottleneck=args.bottleneck, grid=windows.grid, token_dim=windows.dim, **config))
+    model = DiLA(preset("small", bottleneck=args.bottleneck, reference=args.reference, grid=windows.grid,
+                        token_dim=windows.dim, **config))
     optim = OptimParams(lr=args.lr, weight_decay=1e-5, grad_clip=6.0, schedule=args.schedule, warmup_steps=WARMUP,
                         lr_scale=json.loads(args.lr_scale))
     opt, sched = build_optimizer(model, optim, args.steps)
@@ -102,7 +104,8 @@ def train(args: argparse.Namespace) -> None:
         sched.step()
         busy += time.perf_counter() - t0
         if k % args.every == 0:
-            row = {"setting": args.setting, "config": config, "lr_scale": json.loads(args.lr_scale),
+            row = {"setting": args.setting, "reference": args.reference, "config": config,
+                   "lr_scale": json.loads(args.lr_scale),
                    "schedule": args.schedule, "seed": args.seed, "step": k, "sec_per_step": round(busy / k, 4),
                    **{n: round(v, 5) for n, v in measure(model, e, actions).items()},
                    **{f"train_{n}": round(float(v), 5) for n, v in logs.items() if n in ("reg_scale", "gate_usage")}}
@@ -174,6 +177,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=Path("data/features/plain.zarr"))
     ap.add_argument("--setting", default="paper", help="the name this run's rows carry")
     ap.add_argument("--config", default="{}", help="JSON: model-config overrides (as variants.<name>.config)")
+    ap.add_argument("--reference", action="store_true", help="every switch of the reference code on (as variants.<name>.reference)")
     ap.add_argument("--lr-scale", default="{}", help="JSON: per-group LR factors (as train.optim.lr_scale)")
     ap.add_argument("--bottleneck", default="continuous", choices=("continuous", "nsvq", "gaussian", "sparse"))
     ap.add_argument("--schedule", default="cosine", choices=("cosine", "constant"))

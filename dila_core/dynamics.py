@@ -51,10 +51,11 @@ class LatentDynamics(nn.Module):
         loss, terms = self.objective(ds, update, self.bottleneck.features(r), loss, reg_scale)
         return s[:, :-1] + update, loss, {**terms, **logs}, z
 
-    def objective(self, ds: Tensor, update: Tensor, z: Tensor, loss: Tensor,
-                  reg_scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    def objective(self, ds: Tensor, update: Tensor, z: Tensor, loss: Tensor, reg_scale: float = 1.0,
+                  lz_update: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Structure-side terms of the objective, weighted and added to `loss` (the bottleneck's);
-        the z regularisers (everything but L_s) are scaled by `reg_scale`."""
+        the z regularisers (everything but L_s) are scaled by `reg_scale`. L_z reads `lz_update`
+        (the reference's phase 2: the rollout's Δŝ) where given, else the teacher-forced `update`."""
         cfg, features = self.loss, self.bottleneck.features
         ds_fixed = ds.detach()
         z_fwd, z_bwd = features(self.idm(torch.cat([ds_fixed, -ds_fixed]))).chunk(2)
@@ -62,7 +63,8 @@ class LatentDynamics(nn.Module):
         z_all = gather(z)                                             # the global batch under DDP
         terms = {
             "L_s": F.mse_loss(update, ds),
-            "L_z": F.mse_loss(features(self.idm(update)), z.detach()),
+            "L_z": F.mse_loss(features(self.idm(update if lz_update is None else lz_update)),
+                              z if cfg.lz_target == "both" else z.detach()),
             "L_collapse": collapse_term(z_all, cfg),
             "z_norm": latent_norm(z),
             "L_sym": symmetry_loss(gather(z_fwd), gather(z_bwd), gather(mask), cfg.eps),

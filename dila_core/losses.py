@@ -6,7 +6,8 @@ L = λ_e L_e + λ_s L_s + λ_z (L_z + L_collapse) + λ_norm ‖z‖ + λ_sym L_s
 - L_s = MSE(Δŝ_t, s_{t+1} - s_t), the FDM's predicted update against the true one; both
   sides learn (the target is not detached: with a detached target nothing ties the
   encoded s_{t+1} to ŝ_{t+1} and the structure drifts away from what the FDM predicts);
-- L_z = MSE(IDM(Δŝ_t), sg(IDM(Δs_t))), latent consistency of the predicted update;
+- L_z = MSE(IDM(Δŝ_t), sg(IDM(Δs_t))), latent consistency of the predicted update (with
+  `lz_target = "both"`, as the reference trains, the target IDM(Δs_t) receives gradient too);
 - L_collapse = a·exp(-k·σ_z), σ_z the per-dimension std of z over batch and time, averaged
   (paper); or, with `collapse = "hinge"` (a device of ours), a·mean_d max(0, γ - σ_d), which stops
   paying for variation once every dimension's std reaches γ = `collapse_target`;
@@ -55,6 +56,7 @@ class LossConfig:
     collapse_sharpness: float = 10.0
     motion_threshold: float = 0.01
     eps: float = 1e-6
+    lz_target: Literal["detached", "both"] = "detached"
     collapse: Literal["exp", "hinge"] = "exp"
     collapse_target: float = 0.5
     motion_weight: float = 0.0
@@ -72,6 +74,7 @@ class LossConfig:
             check_float(self, where, name, 0.0)
         check_float(self, where, "eps", 1e-12)
         check_choice(self, where, "collapse", ("exp", "hinge"))
+        check_choice(self, where, "lz_target", ("detached", "both"))
         check_int(self, where, "reg_after", 0)
         check_int(self, where, "reg_ramp", 0)
         check_int(self, where, "reg_check_every", 1)

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dila_core.bottleneck import BottleneckConfig
-from dila_core.config import check_choice, check_int_tuple, check_ints
+from dila_core.config import check_bool, check_choice, check_int_tuple, check_ints, key
 from dila_core.content import ContentPathway, MemoryConfig, NoContent, scan
-from dila_core.dynamics import LatentDynamics, NoLatentAction
+from dila_core.dynamics import LatentDynamics, NoLatentAction, transitions
 from dila_core.fusion import DecoderConfig, FusionDecoder
 from dila_core.layers import ResidualMLP, ResidualMLPConfig
 from dila_core.losses import LossConfig, gate_scale, motion_weighted_mse, usage_hinge
@@ -74,12 +74,18 @@ class DiLAConfig:
     decoder: DecoderConfig
     loss: LossConfig
     init: Literal["default", "xavier"] = "default"  # xavier: the reference script's re-init of every Linear
+    phase2: Literal["rollout", "full"] = "rollout"   # full: the reference's whole objective beside rollout L_e
+    rollout_history: bool = True                     # False: the FDM steps from ŝ_t alone (the reference)
 
     def validate(self, where: str) -> None:
         check_int_tuple(self, where, "grid", length=2)
         check_ints(self, where, "token_dim d_s d_c")
         check_choice(self, where, "variant", VARIANTS)
         check_choice(self, where, "init", ("default", "xavier"))
+        check_choice(self, where, "phase2", ("rollout", "full"))
+        check_bool(self, where, "rollout_history")
+        self.st.check_input(self.token_dim, key(where, "st"))
+        self.decoder.check_output(self.token_dim, key(where, "decoder"))
         for name in ("st", "structure_encoder", "content_encoder", "memory", "idm", "fdm", "bottleneck",
                      "decoder", "loss"):
             getattr(self, name).validate(f"{where}.{name}" if where else name)
@@ -145,7 +151,7 @@ class DiLA(nn.Module):
         """Teacher-forced objective on a clip e (B, T >= 2, h, w, D): (loss, logs of every term)."""
         cfg = self.cfg.loss
         gated = hasattr(self, "gate_open")
-        scale = gate_scale(int(self.gate_updates), int(self.gate_open), cfg.reg_ramp) if gated else 1.0
+        scale = self._reg_scale()
         p = self._teacher_forced(e, scale)
         target = e[:, 1:]
         loss_e = F.mse_loss(p.e_next, target)                        # the plain MSE every family logs
@@ -170,6 +176,12 @@ class DiLA(nn.Module):
             logs.update(reg_scale=torch.tensor(scale), gate_usage=self.gate_usage.clone())
         return loss, {"loss": loss.detach(), **logs}
 
+    def _reg_scale(self) -> float:
+        """The z regularisers' weight factor now: the gate's (losses.py) where one is set, else 1."""
+        if not hasattr(self, "gate_open"):
+            return 1.0
+        return gate_scale(int(self.gate_updates), int(self.gate_open), self.cfg.loss.reg_ramp)
+
     @torch.no_grad()
     def _step_gate(self, usage: float | None) -> None:
         """Fold a usage measurement into the running usage, and open the gate when it reaches
@@ -190,12 +202,24 @@ class DiLA(nn.Module):
 
     def phase2_objective(self, e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Phase-2 objective: roll out from e_0 with actions inferred from the whole true clip,
-        λ_e · MSE(rollout, e_{1:T}) plus the bottleneck's regulariser."""
+        λ_e · MSE(rollout, e_{1:T}) plus the bottleneck's regulariser; with `phase2 = "full"` (the
+        reference) also the structure-side terms: L_s teacher-forced on the true s, L_z on the
+        rollout's Δŝ, ‖z‖ and symmetry."""
         self._check(e, "e", 2)
         x = self.backbone(e)
-        s = self.structure(x)
-        z, loss, logs = self.dynamics.sample(s)                       # (B, T-1, d_z)
+        s = self.structure(x)                                         # (B, T, h, w, d_s)
+        dyn = self.dynamics
+        if self.cfg.phase2 == "full":
+            r = dyn.idm(transitions(s))
+            z, loss, logs = dyn.bottleneck(r)                         # (B, T-1, d_z)
+        else:
+            z, loss, logs = dyn.sample(s)
         out = self._rollout(e[:, :1], x[:, :1], s[:, :1], z, e.shape[1] - 1)
+        if self.cfg.phase2 == "full":
+            rolled = transitions(torch.cat([s[:, :1], out.s], 1))    # the rollout's Δŝ (B, T-1, h, w, d_s)
+            loss, terms = dyn.objective(transitions(s), dyn.fdm(s[:, :-1], z), dyn.bottleneck.features(r), loss,
+                                        self._reg_scale(), lz_update=rolled)
+            logs = {**terms, **logs}
         loss_e = F.mse_loss(out.e, e[:, 1:])
         loss = self.cfg.loss.lambda_e * loss_e + loss
         return loss, {"loss": loss.detach(), "L_e_rollout": loss_e.detach(), **logs}
@@ -304,15 +328,34 @@ class DiLA(nn.Module):
         """Autoregressive rollout in structure space. z (B, Tc-1+steps, d_z) covers every
         transition from frame 0; x_context, s_context are the context's encodings."""
         memory, state = scan(self.content, x_context)                 # [(B, h, w, d_c)]
+        # A decoder that mixes frames in time (decoder.position = causal_peg) decodes frame n from
+        # ŝ_{n-H..n} and their memories, as in teacher forcing: keep the memory of every frame.
+        past = [list(m.unbind(1)) for m in self.content(x_context)] if self.decoder.history else []
         s_all, e_all, tc = s_context, e_context, e_context.shape[1]
         for k in range(steps):
-            update = self.dynamics.predict(s_all, z[:, : s_all.shape[1]])[:, -1:]  # (B, 1, h, w, d_s)
-            s_next = s_all[:, -1:] + update
-            e_next = self._decode(s_next, e_context[:, 0], [m[:, None] for m in memory])
-            s_all, e_all = torch.cat([s_all, s_next], 1), torch.cat([e_all, e_next], 1)
+            n = s_all.shape[1]                                        # index of the frame made now
+            if self.cfg.rollout_history:
+                update = self.dynamics.predict(s_all, z[:, :n])[:, -1:]  # (B, 1, h, w, d_s)
+            else:                                                     # one step from ŝ_{n-1} alone
+                update = self.dynamics.predict(s_all[:, -1:], z[:, n - 1:n])
+            s_all = torch.cat([s_all, s_all[:, -1:] + update], 1)
+            e_all = torch.cat([e_all, self._decode_last(s_all, e_context[:, 0], memory, past)], 1)
             if k + 1 < steps:
                 memory, state = self.content.step(self.backbone(e_all)[:, -1], state)
+                for frames, m in zip(past, memory):
+                    frames.append(m)
         return Rollout(e=e_all[:, tc:], s=s_all[:, tc:])
+
+    def _decode_last(self, s_all: Tensor, e0: Tensor, memory: list[Tensor], past: list[list[Tensor]]) -> Tensor:
+        """The last frame of s_all (B, n+1, h, w, d_s) decoded (B, 1, h, w, D) with the memory of frame
+        n-1; with a temporal decoder, from the window of the H frames before it too (frames >= 1, as
+        teacher forcing decodes them; H = decoder.history makes the window exact)."""
+        if not past:
+            return self._decode(s_all[:, -1:], e0, [m[:, None] for m in memory])
+        n = s_all.shape[1] - 1
+        lo = max(1, n - self.decoder.history)
+        window = [torch.stack(frames[lo - 1:n], 1) for frames in past]  # [(B, n-lo+1, h, w, d_c)]
+        return self._decode(s_all[:, lo:], e0, window)[:, -1:]
 
     def _check(self, e: Tensor, name: str, min_frames: int) -> None:
         h, w = self.cfg.grid

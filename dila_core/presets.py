@@ -96,9 +96,10 @@ def replace_fields(cfg: Any, overrides: Mapping[str, Any], where: str = "") -> A
 
 
 def preset(name: str, variant: str = "dila", bottleneck: str = "continuous",
-           weights: dict[str, float] | None = None, **overrides: Any) -> DiLAConfig:
+           weights: dict[str, float] | None = None, reference: bool = False, **overrides: Any) -> DiLAConfig:
     """The named configuration, for one model variant and bottleneck (with its regulariser
-    `weights`, e.g. {"beta": 1e-3}), with fields replaced."""
+    `weights`, e.g. {"beta": 1e-3}), with every reference switch on where `reference`
+    (`reference_switches`), then fields replaced."""
     if name not in SIZES:
         raise ValueError(f"preset: unknown name {name!r} (known: {', '.join(SIZES)})")
     size = SIZES[name]
@@ -116,20 +117,27 @@ def preset(name: str, variant: str = "dila", bottleneck: str = "continuous",
         decoder=_transformer(DecoderConfig, size["decoder"], fusion="sequential", skip=size["decoder_skip"]),
         loss=LossConfig(),
     )
-    cfg = replace_fields(cfg, overrides)
+    cfg = replace_fields(reference_switches(cfg) if reference else cfg, overrides)
     cfg.validate(f"preset:{name}")
     return cfg
 
 
 def reference_switches(cfg: DiLAConfig) -> DiLAConfig:
-    """cfg with every architecture switch set the way the authors' reference code builds the model
-    (README "Deviations from the reference code"; module docstrings give each switch). Needs the
-    ST-Transformer's and the decoder's width equal to token_dim (true of `paper` and `tiny`)."""
+    """cfg with every switch set the way the authors' reference code builds and trains the model
+    (README "Deviations from the reference code"; module docstrings give each switch): the
+    architecture, Xavier re-initialisation, L_z with gradient into both sides, and the full
+    phase-2 objective with one-step FDM rollouts. The reference has no input projection and takes
+    the decoder's final norm as its output, which needs widths equal to token_dim (`paper`,
+    `tiny`); where they differ (`small`) the projections stay, the only way to change width."""
+    same_st, same_dec = cfg.st.width == cfg.token_dim, cfg.decoder.width == cfg.token_dim
     return replace_fields(cfg, {
-        "st": {"layout": "space-then-time", "proj_in": False, "attention": "cosine", "peg": "layer",
+        "st": {"layout": "space-then-time", "proj_in": not same_st, "attention": "cosine", "peg": "layer",
                "dropout": 0.1, "attention_dropout": False},
         "idm": {"head_dropout": 0.1},
         "fdm": {"z_path": "layernorm", "st": {"dropout": 0.1}},
         "decoder": {"fusion": "parallel", "skip": "none", "position": "causal_peg", "null_kv": 2,
-                    "cross_bias": False, "output": "norm", "dropout": 0.1, "attention_dropout": False},
+                    "cross_bias": False, "output": "norm" if same_dec else "projection", "dropout": 0.1,
+                    "attention_dropout": False},
+        "loss": {"lz_target": "both"},
+        "init": "xavier", "phase2": "full", "rollout_history": False,
     })

@@ -82,7 +82,7 @@ def _flam_capabilities(cfg) -> Capabilities:
 FAMILIES: dict[str, Family] = {
     "dila": Family(module="dila_core.model", config="DiLAConfig", model="DiLA",
                    variants=("dila", "no_content", "no_latent_action"), preset="dila_core.presets:preset",
-                   capabilities=_dila_capabilities),
+                   capabilities=_dila_capabilities, params=("reference",)),
     "flam": Family(module="dila_core.flam", config="FLAMConfig", model="FLAM", variants=("flam",),
                    preset="dila_core.flam:preset", capabilities=_flam_capabilities, params=("slots",)),
 }

@@ -123,7 +123,9 @@ class VariantParams:
     bottleneck's regulariser weights; a bottleneck ignores the ones it does not have. `slots` is
     the number of scene factors K of a factored family (FLAM; each slot gets d_z / K of the latent
     action); families without slots ignore it (`Family.params` lists what a family takes).
-    `config` replaces fields of the family's preset config, nested as the config nests them (DiLA:
+    `reference` turns on every switch of the authors' reference code (DiLA family:
+    dila_core.presets.reference_switches; README "Deviations from the reference code").
+    `config` then replaces fields of the family's preset config, nested as the config nests them (DiLA:
     `{loss: {lambda_z: 0.0}, init: xavier}`; dila_core.presets, README "Training devices"); the
     family's config checks them when the model is built."""
 
@@ -134,6 +136,7 @@ class VariantParams:
     l1: float = 1e-2
     vcm: float = 1e-2
     slots: int = 4
+    reference: bool = False
     config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def validate(self, where: str) -> None:

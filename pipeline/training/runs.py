@@ -55,7 +55,10 @@ def model_config(params: Params, variant: str, grid: tuple[int, int], dim: int):
     v = params.variant(variant)
     fam = check_variant(params, variant)
     weights = {"beta": v.beta, "l1": v.l1, "vcm": v.vcm}  # the bottleneck's regulariser weights
-    extra = {name: getattr(v, name) for name in fam.params}  # e.g. FLAM's slots
+    extra = {name: getattr(v, name) for name in fam.params}  # e.g. FLAM's slots, DiLA's reference
+    if v.reference and "reference" not in fam.params:
+        raise ParamsError(f"variants.{variant}.reference: family {v.family!r} has no reference setting "
+                          "(only family 'dila' does)")
     fixed = sorted(set(v.config) & {"grid", "token_dim", "variant", "bottleneck", *fam.params})
     if fixed:
         raise ParamsError(f"variants.{variant}.config.{fixed[0]}: set by the store or by variants.{variant} "

@@ -206,7 +206,7 @@ def test_z_is_used_after_training_on_action_dependent_blobs():
     model = tiny(slots=2, bottleneck="continuous", grid=(4, 4), token_dim=16)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(300):
+    for _ in range(500):  # at 300 steps seed 0 had only begun to escape on one thread (own / other 0.76)
         loss, _ = model.objective(blob_clips(32, 3, g))
         opt.zero_grad()
         loss.backward()
@@ -217,8 +217,8 @@ def test_z_is_used_after_training_on_action_dependent_blobs():
         z = model.infer_actions(e)
         own = F.mse_loss(model.rollout(e[:, :1], z, 2).e, e[:, 1:])
         other = F.mse_loss(model.rollout(e[:, :1], z.roll(1, 0), 2).e, e[:, 1:])
-    # ignoring z gives own == other; measured over 8 seeds of this test: own / other 0.005 - 0.18 and
-    # own / (repeat the last frame) 0.004 - 0.12
+    # ignoring z gives own == other; measured over seeds 0-5 on one thread at 500 steps: own / other
+    # 0.001 - 0.28 and own / (repeat the last frame) 0.0005 - 0.20
     assert own < 0.5 * other and own < 0.5 * F.mse_loss(e[:, :-1], e[:, 1:])
 
 
