@@ -179,5 +179,7 @@ def test_reference_switches_turn_every_switch_on_and_build_on_tiny():
     loss, _ = model(e)
     loss.backward()
     assert torch.isfinite(loss) and model.eval().predict(e).shape == e[:, 1:].shape
-    with pytest.raises(ValueError, match=r"st\.proj_in = False is not allowed"):  # small: width 96, tokens 384
-        DiLA(reference_switches(preset("small")))
+    small = reference_switches(preset("small"))  # width 96, tokens 384: the projections must stay
+    assert (small.st.proj_in, small.decoder.output) == (True, "projection")
+    with pytest.raises(ValueError, match=r"st\.proj_in = False is not allowed"):
+        DiLA(dataclasses.replace(small, st=dataclasses.replace(small.st, proj_in=False)))
