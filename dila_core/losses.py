@@ -28,7 +28,9 @@ from the reference code"):
 - `reg_gate` g and `reg_ramp`: the z regularisers (λ_z, λ_norm, λ_sym terms; not L_s) are off
   until the running usage on the training batches (other-z / own-z L_e, measured every
   `reg_check_every` updates) reaches g, or until update `reg_after` (whichever comes first;
-  0 disables that condition), then ramp in linearly over `reg_ramp` updates.
+  0 disables that condition), then ramp in linearly over `reg_ramp` updates;
+- `motion_gated`: with a gate, the motion weighting holds while the gate is closed and ramps out
+  as the regularisers ramp in (α · (1 - scale)), so training ends on the paper's objective.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dila_core.config import check_choice, check_float, check_int
+from dila_core.config import check_bool, check_choice, check_float, check_int, require
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class LossConfig:
     reg_after: int = 0
     reg_ramp: int = 0
     reg_check_every: int = 10
+    motion_gated: bool = False
 
     def validate(self, where: str) -> None:
         for name in ("lambda_e", "lambda_s", "lambda_z", "lambda_norm", "lambda_sym", "collapse_scale",
@@ -78,6 +81,9 @@ class LossConfig:
         check_int(self, where, "reg_after", 0)
         check_int(self, where, "reg_ramp", 0)
         check_int(self, where, "reg_check_every", 1)
+        check_bool(self, where, "motion_gated")
+        require(not self.motion_gated or self.gated, where, "motion_gated", self.motion_gated,
+                "false unless reg_gate or reg_after sets a gate (it ramps the motion weight out as the gate opens)")
 
     @property
     def gated(self) -> bool:

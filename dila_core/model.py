@@ -155,7 +155,8 @@ class DiLA(nn.Module):
         p = self._teacher_forced(e, scale)
         target = e[:, 1:]
         loss_e = F.mse_loss(p.e_next, target)                        # the plain MSE every family logs
-        fit = motion_weighted_mse(p.e_next, target, e[:, :-1], cfg.motion_weight) if cfg.motion_weight else loss_e
+        alpha = cfg.motion_weight * (1 - scale) if cfg.motion_gated else cfg.motion_weight
+        fit = motion_weighted_mse(p.e_next, target, e[:, :-1], alpha) if alpha else loss_e
         loss = cfg.lambda_e * fit + p.loss
         logs = {PREDICTION_LOSS: loss_e.detach(), **p.logs}
         measure = gated and self.training and int(self.gate_open) < 0 \

@@ -172,3 +172,20 @@ def test_param_groups_cover_every_parameter_once():
 def test_device_values_are_checked(bad):
     with pytest.raises(ValueError, match=f"loss.{next(iter(bad))}"):
         preset("tiny", loss=bad)
+
+
+def test_gated_motion_weight_ramps_out_as_the_regularisers_ramp_in():
+    zero = {**NOREG, "lambda_s": 0.0}
+    m = tiny(reg_after=1, reg_ramp=2, motion_weight=3.0, motion_gated=True, **zero).train()
+    e = clip(m)
+    with torch.no_grad():
+        pred = m.predict(e)
+    alphas = []
+    for _ in range(4):
+        loss, logs = m(e)
+        for alpha in (3.0, 1.5, 0.0):
+            if torch.allclose(loss, m.cfg.loss.lambda_e * motion_weighted_mse(pred, e[:, 1:], e[:, :-1], alpha)):
+                alphas.append(alpha)
+    assert alphas == [3.0, 3.0, 1.5, 0.0]  # scale 0, 0 (opened at 1), 0.5, 1
+    with pytest.raises(ValueError, match="loss.motion_gated"):
+        preset("tiny", loss={"motion_gated": True, "motion_weight": 1.0})  # no gate to follow
