@@ -1,8 +1,8 @@
 """Does z get used? A toy where the answer takes seconds: DiLA `tiny` on blob clips.
 
-A clip is one blob on a 4 x 4 torus of 16-d tokens (token = 4 x the one-hot of the blob's cell),
-moving up, down, left or right at random each frame, so the next frame is unpredictable from the
-past and fully predictable from the action. Without z the best teacher-forced prediction is the
+A clip is one blob on a 4 x 4 torus of 16-d tokens (tests.dila_core.helpers.blob_clips), moving
+one cell at random each frame, so the next frame is unpredictable from the past and fully
+predictable from the action. Without z the best teacher-forced prediction is the
 average of the four moves (own / repeat-last about 0.47); a model that reads z predicts the move.
 The paper's objective gives z usage 1.00 here as on the `plain` store (BENCHMARKS.md), so the toy
 screens training settings (model-config overrides, as `variants.<name>.config`; per-group learning
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,24 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from dila_core.model import DiLA, other_clips
 from dila_core.presets import preset
 from pipeline.params import OptimParams
 from pipeline.training.trainer import build_optimizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/
+from tests.dila_core.helpers import blob_clips  # noqa: E402  (the toy the model tests learn on)
+
 GRID, DIM = 4, 16
-
-
-def blob_clips(n: int, frames: int, g: torch.Generator) -> torch.Tensor:
-    """n clips (n, frames, 4, 4, 16): one blob on a 4 x 4 torus moving one cell up, down, left or
-    right at random each frame; its token is 4 x the one-hot of its cell, every other token 0."""
-    moves = torch.tensor([[0, 1], [0, -1], [1, 0], [-1, 0]])[torch.randint(0, 4, (n, frames - 1), generator=g)]
-    start = torch.randint(0, GRID, (n, 1, 2), generator=g)
-    pos = torch.cat([start, start + moves.cumsum(1)], 1) % GRID                    # (n, frames, 2)
-    tokens = 4.0 * F.one_hot(pos[..., 0] * GRID + pos[..., 1], GRID * GRID).float()  # (n, frames, 16)
-    return rearrange(torch.diag_embed(tokens), "n t c (h w) -> n t h w c", h=GRID)
 
 
 def run(config: dict, lr_scale: dict, seed: int, steps: int, frames: int, reference: bool = False,

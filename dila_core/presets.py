@@ -117,7 +117,9 @@ def preset(name: str, variant: str = "dila", bottleneck: str = "continuous",
         decoder=_transformer(DecoderConfig, size["decoder"], fusion="sequential", skip=size["decoder_skip"]),
         loss=LossConfig(),
     )
-    cfg = replace_fields(reference_switches(cfg) if reference else cfg, overrides)
+    cfg = replace_fields(cfg, overrides)  # first, so the reference switches see the store's token width
+    if reference:
+        cfg = replace_fields(reference_switches(cfg), overrides)  # the caller's fields win over the switches
     cfg.validate(f"preset:{name}")
     return cfg
 

@@ -9,7 +9,7 @@ from einops import rearrange
 from dila_core.flam import FLAM, FLAMConfig, preset
 from dila_core.world_model import FAMILIES, Capabilities, capabilities
 from pipeline.config import build, to_dict
-from tests.dila_core.helpers import clip, unzero
+from tests.dila_core.helpers import blob_clips, clip, unzero
 
 # Axes: B batch, T frames, h x w grid, D token width, K slots, W slot width, d = d_z / K.
 
@@ -188,16 +188,6 @@ def test_tiny_preset_fits_a_fixed_batch():
         opt.step()
         losses.append(logs["L_e"].item())
     assert min(losses[-5:]) < 0.7 * losses[0]  # measured ~0.53; no training leaves it at 1
-
-
-def blob_clips(n: int, frames: int, g: torch.Generator) -> torch.Tensor:
-    """n clips (n, frames, 4, 4, 16): one blob on a 4 x 4 torus moving up, down, left or right (at
-    random) each frame; the blob's token is 4 x the one-hot of its position, every other token 0."""
-    moves = torch.tensor([[0, 1], [0, -1], [1, 0], [-1, 0]])[torch.randint(0, 4, (n, frames - 1), generator=g)]
-    start = torch.randint(0, 4, (n, 1, 2), generator=g)
-    pos = torch.cat([start, start + moves.cumsum(1)], 1) % 4                      # (n, frames, 2)
-    tokens = 4.0 * F.one_hot(pos[..., 0] * 4 + pos[..., 1], 16).float()           # (n, frames, 16)
-    return rearrange(torch.diag_embed(tokens), "n t c (h w) -> n t h w c", h=4)
 
 
 def test_z_is_used_after_training_on_action_dependent_blobs():
