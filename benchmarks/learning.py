@@ -118,8 +118,8 @@ def train(args: argparse.Namespace) -> None:
 
 def rows_of(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for r in rows:  # files from before settings had a name: the bottleneck was the setting
-        r.setdefault("setting", r.get("bottleneck", "?"))
+    for r in rows:  # rows of older files: the bottleneck (this script) or the experiment (z_levers.py) named them
+        r.setdefault("setting", r.get("exp") or r.get("bottleneck", "?"))
         r.setdefault("read_next", float("nan"))
         r.setdefault("read_same", float("nan"))
     return rows

@@ -222,7 +222,7 @@ def test_small_preset_forward_backward():
 
 def test_registry_entry_params_and_capabilities():
     fam = FAMILIES["flam"]
-    assert fam.params == ("slots",) and FAMILIES["dila"].params == ()
+    assert fam.params == ("slots",) and FAMILIES["dila"].params == ("reference",)
     cfg = fam.build_config("tiny", "flam", "gaussian", {"beta": 1e-2}, slots=2)
     assert cfg.slots == 2 and cfg.bottleneck.beta == 1e-2 and cfg.bottleneck.kind == "gaussian"
     assert capabilities(cfg) == Capabilities(latent_actions=True, phase2=True) == FLAM(cfg).capabilities
