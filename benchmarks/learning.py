@@ -142,6 +142,22 @@ def table(path: Path, plot: Path | None) -> None:
         curves(rows, plot)
 
 
+def run_table(path: Path, steps: tuple[int, ...] = (500, 1000, 1500, 2000, 3000, 4000, 5000)) -> None:
+    """One row per run (setting, schedule, seed): z usage at the given steps, then the last checkpoint."""
+    runs: dict[tuple[str, str, int], dict[int, dict]] = defaultdict(dict)
+    for r in rows_of(path):
+        runs[(r["setting"], r.get("schedule", "cosine"), r["seed"])][r["step"]] = r
+    print("| setting | lr | seed | " + " | ".join(f"usage @{s}" for s in steps)
+          + " | last step | own / repeat | probe R² (dx, dy) |")
+    print("|---" * (len(steps) + 6) + "|")
+    for (name, schedule, seed), by_step in sorted(runs.items()):
+        last = by_step[max(by_step)]
+        r2 = (f"{last['r2_dx']:.2f}, {last['r2_dy']:.2f}" if "r2_dx" in last else f"{last['r2']:.2f}")
+        cells = [f"{by_step[s]['usage']:.3f}" if s in by_step else "" for s in steps]
+        print(f"| {name} | {schedule} | {seed} | " + " | ".join(cells)
+              + f" | {last['step']} | {last['own'] / last['repeat']:.3f} | {r2} |")
+
+
 def curves(rows: list[dict], plot: Path) -> None:
     """own / repeat, usage and probe R² against steps: one line per (setting, seed)."""
     import matplotlib
@@ -190,8 +206,14 @@ def main() -> None:
     ap.add_argument("--save", type=Path, help="write the final model here (safetensors)")
     ap.add_argument("--table", type=Path, help="print the table of a results file instead of training")
     ap.add_argument("--plot", type=Path, help="with --table: also write the curves to this PNG")
+    ap.add_argument("--by-run", action="store_true", help="with --table: one row per run instead of per checkpoint")
     args = ap.parse_args()
-    table(args.table, args.plot) if args.table else train(args)
+    if args.table and args.by_run:
+        run_table(args.table)
+    elif args.table:
+        table(args.table, args.plot)
+    else:
+        train(args)
 
 
 if __name__ == "__main__":
