@@ -283,12 +283,13 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 # The README's main job on the default params at a reduced budget, as CI can spend on one test (the
-# whole job takes most of an hour; README): every stage and default dataset, shorter training and
-# Push-T episodes, and three of the seven variants (both families and the no-z ablation; the tiny-DAG
-# test above runs every variant).
+# whole job takes most of an hour; README): every stage and default dataset, with shorter training,
+# shorter Push-T episodes, 2 planning goals and three of the seven variants (both families and the
+# no-z ablation; the tiny-DAG test above runs every variant).
 REDUCED = ["train.steps=40", "train.val_every=20", "train.checkpoint_every=20", "finetune.steps=10",
            "finetune.checkpoint_every=5", "pixel_decoder.steps=100", "pixel_decoder.checkpoint_every=50",
-           "plan.adapter_steps=200", "datasets.pusht.max_frames=12", "datasets.pusht_sim.episodes=16"]
+           "plan.adapter_steps=200", "plan.goals=2", "datasets.pusht.max_frames=12",
+           "datasets.pusht_sim.episodes=16"]
 README_JOB_VARIANTS = ("dila", "no_z", "flam")
 
 
