@@ -30,7 +30,11 @@ from the reference code"):
   `reg_check_every` updates) reaches g, or until update `reg_after` (whichever comes first;
   0 disables that condition), then ramp in linearly over `reg_ramp` updates;
 - `motion_gated`: with a gate, the motion weighting holds while the gate is closed and ramps out
-  as the regularisers ramp in (α · (1 - scale)), so training ends on the paper's objective.
+  as the regularisers ramp in (α · (1 - scale)), so training ends on the paper's objective;
+- `read_weight` λ_r: λ_r·MSE(Dec(s_{t+1}; e_0, c^mem_t), e_{t+1}), the decoder also fed the true
+  next structure (the "w/o latent action" ablation's path, as a training term only): the structure
+  must carry where things are in the next frame and the decoder must read it, so that Δs holds
+  the motion for the IDM to find. At inference the decoder still sees ŝ_{t+1} only.
 """
 from __future__ import annotations
 
@@ -69,11 +73,12 @@ class LossConfig:
     reg_ramp: int = 0
     reg_check_every: int = 10
     motion_gated: bool = False
+    read_weight: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("lambda_e", "lambda_s", "lambda_z", "lambda_norm", "lambda_sym", "collapse_scale",
                      "collapse_sharpness", "motion_threshold", "collapse_target", "motion_weight",
-                     "usage_margin", "margin", "reg_gate"):
+                     "usage_margin", "margin", "reg_gate", "read_weight"):
             check_float(self, where, name, 0.0)
         check_float(self, where, "eps", 1e-12)
         check_choice(self, where, "collapse", ("exp", "hinge"))

@@ -159,6 +159,11 @@ class DiLA(nn.Module):
         fit = motion_weighted_mse(p.e_next, target, e[:, :-1], alpha) if alpha else loss_e
         loss = cfg.lambda_e * fit + p.loss
         logs = {PREDICTION_LOSS: loss_e.detach(), **p.logs}
+        if cfg.read_weight > 0 and p.z is not None:
+            # The decoder fed the true s_{t+1}: structure must hold the next frame, the decoder read it.
+            read = F.mse_loss(self._decode(p.s[:, 1:], e[:, 0], p.memory), target)
+            loss = loss + cfg.read_weight * read
+            logs["L_read"] = read.detach()
         measure = gated and self.training and int(self.gate_open) < 0 \
             and int(self.gate_updates) % cfg.reg_check_every == 0
         if p.z is not None and e.shape[0] > 1 and (cfg.usage_margin > 0 or measure):

@@ -1,6 +1,6 @@
 """The training devices of dila_core.losses (each off by default), on hand-built cases: the hinge
-anti-collapse, motion-weighted L_e, the usage margin, the z-regulariser gate, the Xavier
-re-initialisation and the parameter groups."""
+anti-collapse, motion-weighted L_e, the usage margin, the read term, the z-regulariser gate, the
+Xavier re-initialisation and the parameter groups."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,34 @@ def test_usage_margin_adds_its_hinge_on_another_clip_s_z():
     torch.testing.assert_close(logs["usage"], other / own)
 
 
+def test_read_weight_adds_the_decoder_s_error_from_the_true_next_structure():
+    m = tiny()
+    unzero(m)
+    m.eval()
+    e = clip(m, B=3)
+    with torch.no_grad():
+        base, _ = m(e)
+        from_next, _ = m.readout(e)
+    read = tiny(read_weight=0.7)
+    read.load_state_dict(m.state_dict())
+    read.eval()
+    with torch.no_grad():
+        loss, logs = read(e)
+    expected = F.mse_loss(from_next, e[:, 1:])
+    torch.testing.assert_close(logs["L_read"], expected)
+    torch.testing.assert_close(loss, base + 0.7 * expected)
+
+
+def test_read_weight_trains_the_structure_encoder_without_any_other_term():
+    m = tiny(read_weight=1.0, lambda_e=0.0, lambda_s=0.0, **NOREG)
+    unzero(m)
+    loss, _ = m(clip(m, B=3))
+    loss.backward()
+    assert loss > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.structure.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.dynamics.idm.parameters())
+
+
 def test_usage_margin_sends_gradient_to_the_idm():
     m = tiny(usage_margin=1.0, margin=10.0, lambda_e=0.0, lambda_s=0.0, **NOREG)
     unzero(m)
@@ -168,7 +196,7 @@ def test_param_groups_cover_every_parameter_once():
 
 
 @pytest.mark.parametrize("bad", [{"collapse": "linear"}, {"motion_weight": -1.0}, {"reg_ramp": -2},
-                                 {"reg_check_every": 0}])
+                                 {"reg_check_every": 0}, {"read_weight": -0.5}])
 def test_device_values_are_checked(bad):
     with pytest.raises(ValueError, match=f"loss.{next(iter(bad))}"):
         preset("tiny", loss=bad)
