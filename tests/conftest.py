@@ -21,8 +21,9 @@ def pytest_report_header(config):
 
 
 def tiny_overrides(tmp: Path) -> list[str]:
-    """The tiny preset every pipeline test starts from: 6 short synthetic episodes, a 3x3 token grid;
-    Push-T (read from ../shared) is only probed where a test asks for it."""
+    """The tiny preset every pipeline test starts from: 6 short synthetic episodes per store (models
+    train on `synthetic`, whose motions exercise every probe group), a 3x3 token grid; Push-T (read
+    from ../shared) is only probed where a test asks for it."""
     return [
         f"paths.prepared={tmp}/prepared",
         f"paths.features={tmp}/features",
@@ -38,6 +39,10 @@ def tiny_overrides(tmp: Path) -> list[str]:
         "store.shard_frames=16",
         "store.chunk_mb=0.02",
         "decode.workers=0",
+        "train.dataset=synthetic",
+        "datasets.plain.episodes=6",
+        "datasets.plain.frames=10",
+        "datasets.plain.size=32",
         "datasets.synthetic.episodes=6",
         "datasets.synthetic.frames=10",
         "datasets.synthetic.size=32",
