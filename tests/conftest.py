@@ -3,6 +3,7 @@ downloaded here); every store they make records that, and the pytest header says
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,20 @@ def tiny_overrides(tmp: Path) -> list[str]:
         "datasets.pusht.max_frames=5",
         "evaluate.probe_datasets=[synthetic]",
     ]
+
+
+def commented_variants() -> dict[str, str]:
+    """The variants params.yaml leaves out of the default job, each a commented line
+    `  # NAME: {...}` under `variants:`: name -> its flow mapping (a `-S variants.NAME=...` value)."""
+    text = (ROOT / "params.yaml").read_text()
+    block = text[text.index("\nvariants:"):text.index("\ntrain:")]
+    return {m[1]: m[2] for m in re.finditer(r"^  # (\w+): +(\{.*\})", block, re.M)}
+
+
+def with_variants(*names: str) -> list[str]:
+    """Overrides that add the named commented-out variants of params.yaml back."""
+    entries = commented_variants()
+    return [f"variants.{name}={entries[name]}" for name in names]
 
 
 # Stage two at test size: the tiny model, a handful of steps, 2 held-out episodes.

@@ -84,7 +84,7 @@ def test_pooled_stats_are_the_mixtures_own():
 ])
 def test_mixture_params_errors_name_the_key(override, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
-        parse_params(apply_overrides(read_yaml(ROOT / "params.yaml"), [override]))
+        parse_params(apply_overrides(read_yaml(ROOT / "params.yaml"), ["train.dataset=synthetic", override]))
 
 
 TINY = ["model.preset=tiny", "train.seq_len=4", "train.batch_size=4", "train.steps=4", "train.val_every=2",

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import ParamsError
 from pipeline.params import apply_overrides, load_params, parse_params, read_yaml
-from tests.conftest import ROOT
+from tests.conftest import ROOT, commented_variants, with_variants
 
 
 def raw_defaults():
@@ -18,11 +18,11 @@ def test_defaults_parse_into_frozen_typed_objects():
     p = load_params(ROOT / "params.yaml")
     assert p.encoder.model == "facebook/dinov2-small" and p.encoder.weights == "pretrained"
     assert p.encoder.input_size % 14 == 0
-    assert set(p.datasets) == {"synthetic", "objects3", "pusht_sim", "pusht"}
+    assert set(p.datasets) == {"plain", "synthetic", "objects3", "pusht_sim", "pusht"}
     assert p.datasets["pusht_sim"].kind == "gym_pusht"
     assert p.datasets["synthetic"].kind == "synthetic" and p.datasets["objects3"].max_objects == 3
     assert (p.datasets["pusht"].kind, p.datasets["pusht"].path) == ("pusht_zarr", "../shared/data/pusht_cchi_v7_replay.zarr")
-    assert p.evaluate.probe_datasets == ("synthetic", "objects3", "pusht")
+    assert p.evaluate.probe_datasets == ("plain", "synthetic", "objects3", "pusht")
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.encoder.input_size = 224
     with pytest.raises(TypeError):
@@ -115,15 +115,20 @@ def test_file_errors_name_the_file(tmp_path):
 
 def test_stage_two_sections_default_and_validate():
     p = load_params(ROOT / "params.yaml")
-    assert p.model.preset == "small" and p.train.dataset == "synthetic"
-    assert sorted(p.variants) == ["dila", "discrete_z", "flam", "gaussian_z", "no_content", "no_z", "sparse_z"]
+    assert p.model.preset == "small" and p.train.dataset == "plain" and list(p.variants) == ["dila"]
+    assert p.variant("dila").config["loss"]["read_weight"] == 2.0
+    # each variant left out of the default job is one commented params line that parses as it is
+    every = sorted(commented_variants())
+    assert every == ["dila_paper", "dila_reference", "discrete_z", "flam", "gaussian_z", "no_content", "no_z",
+                     "sparse_z"]
+    p = parse_params(apply_overrides(raw_defaults(), with_variants(*every)))
     assert (p.variant("flam").family, p.variant("flam").slots, p.variant("no_z").variant) == (
         "flam", 4, "no_latent_action")
     assert p.variant("discrete_z").bottleneck == "nsvq" and p.variant("no_content").variant == "no_content"
     assert (p.variant("sparse_z").bottleneck, p.variant("sparse_z").l1, p.variant("gaussian_z").beta) == (
         "sparse", 0.01, 1e-4)
     with pytest.raises(ParamsError, match=r"variants\.sparse_z\.vcm = -0\.5 is not allowed: expected a finite"):
-        parse_params(apply_overrides(raw_defaults(), ["variants.sparse_z.vcm=-0.5"]))
+        parse_params(apply_overrides(raw_defaults(), [*with_variants("sparse_z"), "variants.sparse_z.vcm=-0.5"]))
     custom = parse_params(apply_overrides(raw_defaults(), [
         "variants={big: {variant: dila, bottleneck: gaussian}}", "train.optim.schedule=constant",
         "finetune.optim.lr=0.001"]))

@@ -17,6 +17,7 @@ from pipeline.evaluation import clips, pixels
 from pipeline.training import runs
 from pipeline.training.checkpoint import CheckpointError
 from stages import extract, prepare, rollout
+from tests.conftest import with_variants
 from tests.stages.helpers import (
     DIM,
     GRID,
@@ -100,7 +101,9 @@ def test_variant_without_latent_actions_stores_the_truth_only(params):
     assert "has no latent actions" in group.attrs["dila_rollout"]["predicted"]
 
 
-def test_missing_or_mismatched_weights_are_clear_errors(params):
+def test_missing_or_mismatched_weights_are_clear_errors(store, tmp_path):
+    params = private(stage_params(Path(store.paths.features).parent, *with_variants("discrete_z", "gaussian_z")),
+                     tmp_path)
     missing = artifacts.final_weights(params, "discrete_z", "finetune")
     with pytest.raises(artifacts.MissingInput, match=f"{missing}.*run `dila finetune discrete_z` first"):
         rollout.run(params, "discrete_z")

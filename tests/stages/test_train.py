@@ -17,7 +17,7 @@ from pipeline.provenance import code_hash, code_version
 from pipeline.training import runs
 from pipeline.training.checkpoint import load_checkpoint
 from stages import extract, finetune, prepare, train
-from tests.conftest import make_params
+from tests.conftest import make_params, with_variants
 
 STAGE = ["model.preset=tiny", "train.seq_len=4", "train.batch_size=4", "train.val_every=15",
          "train.val_batches=2", "train.log_every=5", "train.checkpoint_every=10", "train.workers=0",
@@ -95,7 +95,9 @@ def test_phase_2_learns_and_needs_phase_1(trained, tmp_path):
                                ["L_e_rollout"]) for phase in ("train", "finetune"))
     assert after < 0.9 * before
     with pytest.raises(artifacts.MissingInput, match="run `dila train no_content` first"):
-        finetune.run(params, "no_content", show_progress=False)
+        finetune.run(make_params(tmp_path, f"paths.features={trained.paths.features}",
+                                 f"paths.models={trained.paths.models}", *STAGE,
+                                 *with_variants("no_content")), "no_content", show_progress=False)
     ablation = make_params(tmp_path, f"paths.features={trained.paths.features}", *STAGE,
                            "variants={x: {variant: no_latent_action}}")
     with pytest.raises(artifacts.MissingInput, match="run `dila train x` first"):
