@@ -14,7 +14,7 @@ import yaml
 from pipeline import artifacts
 from pipeline.params import apply_overrides, read_yaml
 from pipeline.provenance import stage_code
-from tests.conftest import ROOT, SHARED, TINY_STAGE_TWO, requires_shared, tiny_overrides
+from tests.conftest import ROOT, SHARED, TINY_STAGE_TWO, requires_shared, tiny_overrides, with_variants
 from tests.stages.helpers import cli_env
 
 GIT = ["git", "-c", "user.name=dila-test", "-c", "user.email=test@dila.invalid", "-c", "init.defaultBranch=main"]
@@ -211,15 +211,11 @@ def make_repo(tmp_path, *extra: str):
     return repo
 
 
-# The variants the default job leaves out (params.yaml lists each as a comment), added back so the
-# tiny DAG runs every family, bottleneck and ablation: each joins every foreach by its params entry alone.
-EVERY_FAMILY = {
-    "no_content": "{variant: no_content, bottleneck: continuous}",
-    "discrete_z": "{variant: dila, bottleneck: nsvq}",
-    "gaussian_z": "{variant: dila, bottleneck: gaussian}",
-    "no_action": "{variant: no_latent_action, bottleneck: continuous}",
-    "flam": "{family: flam, variant: flam, bottleneck: gaussian, slots: 4}",
-}
+# The variants the default job leaves out, added back from params.yaml's commented lines so the tiny
+# DAG runs every family, bottleneck and ablation (each joins every foreach by its params entry alone);
+# the no-latent-action ablation under a name of its own.
+EVERY_FAMILY = [*with_variants("no_content", "discrete_z", "gaussian_z", "flam"),
+                "variants.no_action={variant: no_latent_action, bottleneck: continuous}"]
 
 
 @pytest.mark.slow
@@ -231,7 +227,7 @@ def test_repro_of_the_whole_dag_on_a_tiny_config(tmp_path):
                                  "episodes: 6, frames: 10, size: 32}}"]
     held = "[objects3]" if pusht else "[]"  # objects3 is among the default datasets
     repo = make_repo(tmp_path, f"evaluate.probe_datasets={probe}", f"evaluate.held_out={held}", *datasets,
-                     *(f"variants.{name}={entry}" for name, entry in EVERY_FAMILY.items()))
+                     *EVERY_FAMILY)
     out = sh("dvc", "repro", cwd=repo, timeout=1800)  # about 10 min alone on 2 cores
     stages = ["prepare@synthetic", "extract@synthetic", "pixel_decoder", "train@dila", "finetune@gaussian_z",
               "rollout@discrete_z", "evaluate@no_content", "finetune@no_action", "evaluate@no_action", "train@flam",

@@ -25,6 +25,13 @@ def tiny(seed: int = 0, **loss) -> DiLA:
     return DiLA(preset("tiny", loss=loss))
 
 
+def twin(m: DiLA, **loss) -> DiLA:
+    """A model with m's weights and these loss settings, in eval mode (its forward is deterministic)."""
+    other = tiny(**loss)
+    other.load_state_dict(m.state_dict())
+    return other.eval()
+
+
 def test_hinge_pays_for_dead_dimensions_only():
     z = torch.zeros(4, 1, 3)
     z[:, 0, 0] = torch.tensor([-1.0, 1.0, -1.0, 1.0])  # std 1 (population)
@@ -107,11 +114,8 @@ def test_usage_margin_adds_its_hinge_on_another_clip_s_z():
         own = F.mse_loss(m.predict(e), e[:, 1:])
         other = F.mse_loss(m.predict(e, other=other_clips(3, e.device)), e[:, 1:])
         base, _ = m(e)
-    margin = tiny(usage_margin=2.0, margin=0.5)
-    margin.load_state_dict(m.state_dict())
-    margin.eval()
     with torch.no_grad():
-        loss, logs = margin(e)
+        loss, logs = twin(m, usage_margin=2.0, margin=0.5)(e)
     torch.testing.assert_close(loss, base + 2.0 * torch.relu(1.5 - other / own))
     torch.testing.assert_close(logs["usage"], other / own)
 
@@ -124,11 +128,8 @@ def test_read_weight_adds_the_decoder_s_error_from_the_true_next_structure():
     with torch.no_grad():
         base, _ = m(e)
         from_next, _ = m.readout(e)
-    read = tiny(read_weight=0.7)
-    read.load_state_dict(m.state_dict())
-    read.eval()
     with torch.no_grad():
-        loss, logs = read(e)
+        loss, logs = twin(m, read_weight=0.7)(e)
     expected = F.mse_loss(from_next, e[:, 1:])
     torch.testing.assert_close(logs["L_read"], expected)
     torch.testing.assert_close(loss, base + 0.7 * expected)
